@@ -1,0 +1,58 @@
+"""Kernel backend, chosen once at start-up.
+
+``torch`` runs the plain references (any device, any dtype); ``triton`` runs the Triton kernels
+(CUDA, or CPU under ``TRITON_INTERPRET=1``). ``auto`` picks Triton on CUDA devices when it is
+importable, the references otherwise. ``SPECGROVE_KERNEL_BACKEND`` overrides the configured name.
+Call sites receive a :class:`KernelBackend` and never branch on the device.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from kernels.paged_kv import commit_kv_ref, write_kv_ref
+from kernels.tree_attention import tree_attention_ref
+
+BACKEND_NAMES = ("auto", "torch", "triton")
+ENV_VAR = "SPECGROVE_KERNEL_BACKEND"
+
+
+@dataclass(frozen=True)
+class KernelBackend:
+    name: str
+    tree_attention: Callable[..., torch.Tensor]
+    write_kv: Callable[..., None]
+    commit_kv: Callable[..., None]
+
+
+def _torch_backend() -> KernelBackend:
+    return KernelBackend("torch", tree_attention_ref, write_kv_ref, commit_kv_ref)
+
+
+def _triton_backend() -> KernelBackend:
+    try:
+        from kernels.paged_kv import commit_kv, write_kv  # type: ignore[attr-defined]
+        from kernels.tree_attention import tree_attention  # type: ignore[attr-defined]
+    except ImportError as exc:  # triton missing or kernels not built in this version
+        raise RuntimeError(f"the triton kernel backend is not available: {exc}") from exc
+    return KernelBackend("triton", tree_attention, write_kv, commit_kv)
+
+
+def select_backend(name: str, device: torch.device) -> KernelBackend:
+    """Resolve a backend name (possibly overridden by the environment) for ``device``."""
+    name = os.environ.get(ENV_VAR, name) or "auto"
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown kernel backend {name!r}; choose one of {BACKEND_NAMES}")
+    if name == "torch":
+        return _torch_backend()
+    if name == "triton":
+        return _triton_backend()
+    if device.type == "cuda":
+        try:
+            return _triton_backend()
+        except RuntimeError:
+            return _torch_backend()
+    return _torch_backend()
