@@ -19,12 +19,35 @@ Which keys a query sees:
 The window may be longer than the queries (a draft model expanding a tree one depth at a time
 queries only the newest depth while earlier depths already sit in the cache).
 
-Triton kernel: issue "Triton kernels" adds ``tree_attention`` with this exact signature.
+``tree_attention`` (defined only when Triton imports) is the Triton kernel with this exact
+signature. It is FlashAttention-style (Dao et al. 2022; FlashAttention-2, Dao 2023): online
+softmax over blocks of keys read page by page through the block table, so no score matrix over
+the prefix is ever materialised. One program owns a tile of queries of one sequence times the
+GQA group of query heads sharing one KV head, so each K/V block is loaded once per group and
+even one-query decoding fills the rows of a tensor-core tile. Keys every query of the tile sees (the
+prefix) run without masks; only the blocks overlapping the causal diagonal or the tree window
+are masked, and causal tiles stop at their last query's position. Not done: splitting one
+sequence's keys across programs (Flash-Decoding, which would help batches too
+small to fill the GPU at long prefixes (Dao, Haziza, Massa, Sizov 2023).
+
+Preconditions the launcher does not check (that would cost a device sync): ``cu_seqlens_q`` is
+non-decreasing with ``cu_seqlens_q[-1] == T``; ``q_len <= kv_len`` (causal) or
+``q_len <= tree_lens[b] <= min(W, kv_len)`` (tree); block tables cover ``kv_len`` keys. A query
+that sees no key returns zeros, as the reference's SDPA does.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+try:  # Triton is optional: the reference above must import without it.
+    import triton
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+except ImportError:
+    triton = None
 
 
 def tree_attention_ref(
@@ -75,3 +98,237 @@ def _visible_keys(
     mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
     mask[:, kv_len - window :] = tree_mask[row0 : row0 + q_len, :window]
     return mask
+
+
+if triton is not None:
+
+    @triton.jit
+    def _find_sequence(cu_seqlens_q, tile, num_seqs, BLOCK_Q: tl.constexpr):
+        """The sequence owning flat query tile ``tile``: the last b with first_tile(b) <= tile.
+
+        Sequence b's tiles start at ``cu_seqlens_q[b] // BLOCK_Q + b``, which leaves room for all
+        tiles of the sequences before it, so the grid needs no host-side ``max(q_len)``.
+        """
+        lo: tl.int32 = 0
+        hi: tl.int32 = num_seqs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if tl.load(cu_seqlens_q + mid) // BLOCK_Q + mid <= tile:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo - 1
+
+    @triton.jit
+    def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """``a @ b`` with fp32 accumulation. UPCAST: the interpreter has no bf16 matmul."""
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        return tl.dot(a, b, input_precision=PRECISION)
+
+    @triton.jit
+    def _visible(offs_n, key_ok, key_limit, win0, mask_rows, row_ok, TREE: tl.constexpr):
+        """[BLOCK_M, BLOCK_N] bool: which of keys ``offs_n`` each query row sees."""
+        if TREE:
+            in_window = offs_n >= win0  # [BLOCK_N]
+            bits = tl.load(  # [BLOCK_M, BLOCK_N] tree_mask[row, key - win0]
+                mask_rows[:, None] + (offs_n - win0)[None, :],
+                mask=row_ok[:, None] & (in_window & key_ok)[None, :],
+                other=0,
+            )
+            return key_ok[None, :] & ((bits != 0) | ~in_window[None, :])
+        return key_ok[None, :] & (offs_n[None, :] <= key_limit[:, None])
+
+    @triton.jit
+    def _attend_block(
+        acc, m_i, l_i,  # [BLOCK_M, BLOCK_D] fp32, [BLOCK_M] running max (log2 units), [BLOCK_M] sum
+        q_tile, start, kv_end, scale_log2e,  # q_tile: [BLOCK_M, BLOCK_D]
+        k_base, v_base, table,  # K/V of this KV head, this sequence's block-table row
+        stride_kb, stride_ks, stride_vb, stride_vs,
+        key_limit, win0, mask_rows, row_ok,  # see _visible
+        HEAD_DIM: tl.constexpr, PAGE: tl.constexpr, TREE: tl.constexpr, MASKED: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        """One online-softmax step over keys ``[start, start + BLOCK_N)`` (FlashAttention-2)."""
+        offs_n = start + tl.arange(0, BLOCK_N)  # [BLOCK_N] logical key positions
+        offs_d = tl.arange(0, BLOCK_D)
+        key_ok = offs_n < kv_end
+        page = tl.load(table + offs_n // PAGE, mask=key_ok, other=0).to(tl.int64)  # physical block
+        slot = offs_n % PAGE
+        kv_ok = key_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+        k = tl.load(  # [BLOCK_N, BLOCK_D]
+            k_base + page[:, None] * stride_kb + slot[:, None] * stride_ks + offs_d[None, :],
+            mask=kv_ok, other=0.0,
+        )
+        s = _dot(q_tile, tl.trans(k), PRECISION, UPCAST) * scale_log2e  # [BLOCK_M, BLOCK_N]
+        if MASKED:
+            visible = _visible(offs_n, key_ok, key_limit, win0, mask_rows, row_ok, TREE)
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row that has seen no key yet keeps m = -inf; shift by 0 there to avoid inf - inf.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_shift)  # rescales what was accumulated under the old max
+        p = tl.exp2(s - m_shift[:, None])  # [BLOCK_M, BLOCK_N]
+        v = tl.load(
+            v_base + page[:, None] * stride_vb + slot[:, None] * stride_vs + offs_d[None, :],
+            mask=kv_ok, other=0.0,
+        )
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION, UPCAST)
+        return acc, m_new, l_i * alpha + tl.sum(p, 1)
+
+    @triton.jit
+    def _tree_attention_kernel(
+        q, k_cache, v_cache, out,  # [T, Hq, D], [num_blocks, PAGE, Hkv, D] x2, [T, Hq, D]
+        block_tables, kv_lens, cu_seqlens_q,  # [B, max_blocks], [B], [B + 1] int32
+        tree_mask, tree_lens,  # [T, W] uint8 (the bool mask), [B] int32; unused unless TREE
+        num_seqs, scale_log2e,
+        stride_qt, stride_qh, stride_ot, stride_oh,
+        stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+        stride_bt, stride_mt,
+        HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, PAGE: tl.constexpr, TREE: tl.constexpr,
+        BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        """Grid (flat query tile, KV head). Row r of the tile is query q_start + r // GROUP of
+        query head kv_head * GROUP + r % GROUP; rows past BLOCK_Q * GROUP are padding."""
+        tile = tl.program_id(0)
+        kv_head = tl.program_id(1)
+        seq = _find_sequence(cu_seqlens_q, tile, num_seqs, BLOCK_Q)
+        q_begin = tl.load(cu_seqlens_q + seq)
+        q_len = tl.load(cu_seqlens_q + seq + 1) - q_begin
+        q_start = (tile - q_begin // BLOCK_Q - seq) * BLOCK_Q
+        if q_start >= q_len:  # slack tile of the flat grid
+            return
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        tok = q_start + offs_m // GROUP  # [BLOCK_M] query index within the sequence
+        head = kv_head * GROUP + offs_m % GROUP  # [BLOCK_M] query head
+        row_ok = (offs_m < BLOCK_Q * GROUP) & (tok < q_len)
+        rows = (q_begin + tok).to(tl.int64)  # [BLOCK_M] row of q / out / tree_mask
+        io_ok = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
+        q_tile = tl.load(
+            q + rows[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
+            mask=io_ok, other=0.0,
+        )
+        kv_len = tl.load(kv_lens + seq)
+        if TREE:
+            win0 = kv_len - tl.load(tree_lens + seq)  # first key of the tree window
+            shared = win0  # keys before it: seen by every query
+            kv_end = kv_len
+        else:
+            win0 = kv_len - q_len  # key position of query 0
+            shared = win0 + q_start  # at or before the tile's first query: seen by all rows
+            kv_end = tl.minimum(kv_len, win0 + q_start + BLOCK_Q)  # after its last query
+        shared = shared // BLOCK_N * BLOCK_N
+        key_limit = win0 + tok  # [BLOCK_M] causal: last key each row sees
+        mask_rows = tree_mask + rows * stride_mt  # [BLOCK_M] tree: mask row pointers
+        table = block_tables + seq.to(tl.int64) * stride_bt
+        k_base = k_cache + kv_head * stride_kh
+        v_base = v_cache + kv_head * stride_vh
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for start in range(0, shared, BLOCK_N):
+            acc, m_i, l_i = _attend_block(
+                acc, m_i, l_i, q_tile, start, kv_end, scale_log2e, k_base, v_base, table,
+                stride_kb, stride_ks, stride_vb, stride_vs, key_limit, win0, mask_rows, row_ok,
+                HEAD_DIM, PAGE, TREE, False, BLOCK_N, BLOCK_D, PRECISION, UPCAST,
+            )
+        for start in range(shared, kv_end, BLOCK_N):
+            acc, m_i, l_i = _attend_block(
+                acc, m_i, l_i, q_tile, start, kv_end, scale_log2e, k_base, v_base, table,
+                stride_kb, stride_ks, stride_vb, stride_vs, key_limit, win0, mask_rows, row_ok,
+                HEAD_DIM, PAGE, TREE, True, BLOCK_N, BLOCK_D, PRECISION, UPCAST,
+            )
+        o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # a row that saw no key stays 0
+        o_ptrs = out + rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
+        tl.store(o_ptrs, o.to(out.dtype.element_ty), mask=io_ok)
+
+    def tree_attention(
+        q: torch.Tensor,  # [T, Hq, D]
+        k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+        v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+        block_tables: torch.Tensor,  # [B, max_blocks] int32
+        kv_lens: torch.Tensor,  # [B] int32
+        cu_seqlens_q: torch.Tensor,  # [B + 1] int32
+        tree_mask: torch.Tensor | None,  # [T, W] bool
+        tree_lens: torch.Tensor | None,  # [B] int32
+        scale: float,
+    ) -> torch.Tensor:  # [T, Hq, D]
+        """Triton launcher with the contract of :func:`tree_attention_ref`."""
+        _check_inputs(q, k_cache, v_cache, block_tables, kv_lens, cu_seqlens_q, tree_mask, tree_lens)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        num_tokens, num_q_heads, head_dim = q.shape
+        num_seqs, num_kv_heads = kv_lens.shape[0], k_cache.shape[2]
+        if num_tokens == 0 or num_seqs == 0:
+            return out
+        group = num_q_heads // num_kv_heads
+        block_q, block_m, block_n, block_d = _tile_sizes(num_tokens, num_seqs, group, head_dim)
+        tree = tree_mask is not None
+        mask = tree_mask.view(torch.uint8) if tree else kv_lens  # placeholder when causal
+        _tree_attention_kernel[(num_tokens // block_q + num_seqs, num_kv_heads)](
+            q, k_cache, v_cache, out, block_tables, kv_lens, cu_seqlens_q,
+            mask, tree_lens if tree else kv_lens,
+            num_seqs, float(scale) * math.log2(math.e),
+            q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            block_tables.stride(0), mask.stride(0),
+            HEAD_DIM=head_dim, GROUP=group, PAGE=k_cache.shape[1], TREE=tree,
+            BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+            # fp32 inputs: exact fp32 products, not TF32, to honour the fp32 reference.
+            PRECISION="ieee" if q.dtype == torch.float32 else None,
+            UPCAST=q.dtype == torch.bfloat16 and _INTERPRETED,
+        )
+        return out
+
+    # The interpreter (TRITON_INTERPRET=1, read when the kernels are decorated) runs tl.dot with
+    # numpy, which has no bfloat16: bf16 operands are widened to fp32 there (numerically the
+    # same products, as fp32 holds any bf16 exactly).
+    _INTERPRETED = isinstance(_tree_attention_kernel, InterpretedFunction)
+
+    def _tile_sizes(num_tokens: int, num_seqs: int, group: int, head_dim: int) -> tuple[int, ...]:
+        """(BLOCK_Q, BLOCK_M, BLOCK_N, BLOCK_D), from shapes only (no device sync).
+
+        A tile's BLOCK_M = BLOCK_Q * group rows (rounded up to a power of two) are sized to the
+        mean queries per sequence: 1 when decoding, the tree size when verifying; tl.dot needs
+        every tile dimension >= 16.
+        """
+        mean_q = triton.cdiv(num_tokens, num_seqs)
+        block_m = max(16, triton.next_power_of_2(group), min(64, triton.next_power_of_2(group * mean_q)))
+        block_d = max(16, triton.next_power_of_2(head_dim))
+        block_n = 64 if block_d <= 128 else 32
+        return block_m // group, block_m, block_n, block_d
+
+    _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+    def _require(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(f"tree_attention: {message}")
+
+    def _check_inputs(q, k_cache, v_cache, block_tables, kv_lens, cu_seqlens_q, tree_mask, tree_lens):
+        """Dtypes, shapes, strides and devices the kernel relies on (values are not read)."""
+        _require(q.dim() == 3 and k_cache.dim() == 4, "q must be [T, Hq, D], k_cache [blocks, page, Hkv, D]")
+        _require(q.dtype in _FLOAT_DTYPES, f"q dtype {q.dtype} is not fp16, bf16 or fp32")
+        _require(k_cache.dtype == q.dtype and v_cache.dtype == q.dtype, "q, k_cache, v_cache dtypes differ")
+        _require(v_cache.shape == k_cache.shape, "k_cache and v_cache shapes differ")
+        _require(q.shape[2] == k_cache.shape[3], "q and k_cache head dims differ")
+        _require(q.shape[1] % k_cache.shape[2] == 0, "query heads must be a multiple of KV heads")
+        _require(all(t.stride(-1) == 1 for t in (q, k_cache, v_cache)), "q/k/v need a contiguous last dim")
+        num_seqs = kv_lens.shape[0]
+        index = [block_tables, kv_lens, cu_seqlens_q] + ([tree_lens] if tree_lens is not None else [])
+        _require(all(t.dtype == torch.int32 for t in index), "index tensors must be int32")
+        _require(block_tables.dim() == 2 and block_tables.shape[0] == num_seqs, "block_tables must be [B, max_blocks]")
+        _require(block_tables.stride(1) == 1, "block_tables rows must be contiguous")
+        _require(kv_lens.dim() == 1 and kv_lens.is_contiguous(), "kv_lens must be a contiguous [B]")
+        _require(cu_seqlens_q.shape == (num_seqs + 1,) and cu_seqlens_q.is_contiguous(), "cu_seqlens_q must be a contiguous [B + 1]")
+        _require((tree_mask is None) == (tree_lens is None), "give tree_mask and tree_lens together")
+        if tree_mask is not None:
+            _require(tree_mask.dtype == torch.bool, "tree_mask must be bool")
+            _require(tree_mask.dim() == 2 and tree_mask.shape[0] == q.shape[0], "tree_mask must be [T, W]")
+            _require(tree_mask.stride(1) == 1, "tree_mask rows must be contiguous")
+            _require(tree_lens.shape == (num_seqs,) and tree_lens.is_contiguous(), "tree_lens must be a contiguous [B]")
+        tensors = [k_cache, v_cache, tree_mask] + index
+        _require(all(t.device == q.device for t in tensors if t is not None), "all tensors must be on q's device")

@@ -1,0 +1,1 @@
+"""Draft service: drafters that propose a token tree per sequence per step."""

@@ -1,0 +1,1 @@
+"""Drafter implementations: ``ngram`` (prompt lookup) and ``model`` (a small causal LM)."""

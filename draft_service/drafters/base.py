@@ -1,0 +1,25 @@
+"""What every drafter implements."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from specgrove.tree import TokenTree
+from specgrove.types import TreeBudget
+
+
+@dataclass(frozen=True)
+class DraftInput:
+    seq_id: int
+    history: Sequence[int]  # every token of the sequence so far; the pending token (root) last
+    budget: TreeBudget
+
+
+class Drafter(Protocol):
+    kind: str
+
+    def propose(self, inputs: Sequence[DraftInput]) -> list[TokenTree]:
+        """One tree per input, rooted at ``history[-1]``, within the input's budget."""
+
+    def release(self, seq_id: int) -> None:
+        """Forget a sequence (frees any KV it holds); unknown ids are ignored."""

@@ -1,0 +1,1 @@
+"""Our own llama-family forward pass over the paged KV cache, with tensor-parallel layers."""

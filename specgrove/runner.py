@@ -1,0 +1,143 @@
+"""Runs a model over its own paged KV cache: the piece the target engine and model drafters share.
+
+A forward takes, per sequence, new tokens with their RoPE positions, written right after the
+sequence's committed tokens (plus any tree tokens already written this step). Causal items are
+prompt chunks or catch-up tokens; tree items carry their ancestor-mask rows. Metadata is built
+once per forward and shared by every layer (nano-vllm / vLLM v1 style).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from specgrove.kv import BlockManager
+from specgrove.modeling.attention import AttentionMetadata
+
+
+@dataclass(frozen=True)
+class KVCacheConfig:
+    block_size: int = 16
+    num_blocks: int = 1024
+
+
+@dataclass(frozen=True)
+class ForwardItem:
+    seq_id: int
+    token_ids: Sequence[int]
+    positions: Sequence[int]
+    # Tree tokens this sequence already wrote in this step (the window starts at committed).
+    tree_offset: int = 0
+    # [n][tree_offset + n] visibility of the window; None = causal after the committed prefix.
+    tree_mask: Sequence[Sequence[bool]] | None = None
+    all_logits: bool = False  # logits for every token, else only the last
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, kv: KVCacheConfig, device: torch.device) -> None:
+        cfg = model.config
+        self.model = model
+        self.device = device
+        self.dtype = model.lm_head.weight.dtype
+        self.blocks = BlockManager(kv.num_blocks, kv.block_size)
+        self.kv_cache = torch.zeros(  # [layers, 2, blocks, block_size, Hkv_local, D]
+            cfg.num_layers, 2, kv.num_blocks, kv.block_size, model.kv_heads_per_rank,
+            cfg.head_dim, dtype=self.dtype, device=device,
+        )
+        self._backend = model.model.layers[0].self_attn.backend
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @torch.inference_mode()
+    def forward(self, items: Sequence[ForwardItem]) -> list[torch.Tensor]:
+        """Reserve slots, run one batched forward, return logits per item ([n or 1, V])."""
+        for item in items:
+            self.blocks.reserve(item.seq_id, item.tree_offset + len(item.token_ids))
+        meta = self._metadata(items)
+        ids = torch.tensor([t for it in items for t in it.token_ids], device=self.device)
+        pos = torch.tensor([p for it in items for p in it.positions], device=self.device)
+        hidden = self.model(ids, pos, self.kv_cache, meta)
+        rows, bounds = [], [0]
+        start = 0
+        for it in items:
+            n = len(it.token_ids)
+            rows.extend(range(start, start + n) if it.all_logits else [start + n - 1])
+            bounds.append(len(rows))
+            start += n
+        logits = self.model.logits(hidden[torch.tensor(rows, device=self.device)])
+        return [logits[bounds[i] : bounds[i + 1]] for i in range(len(items))]
+
+    def commit(self, seq_id: int, num_tokens: int, path: Sequence[int] | None = None) -> None:
+        self.commit_many([(seq_id, num_tokens, path)])
+
+    def commit_many(self, commits: Sequence[tuple[int, int, Sequence[int] | None]]) -> None:
+        """Commit several sequences and apply all their path copies in one kernel call."""
+        src: list[int] = []
+        dst: list[int] = []
+        for seq_id, n, path in commits:
+            plan = self.blocks.commit(seq_id, n, list(path) if path is not None else None)
+            src += plan.src_slots
+            dst += plan.dst_slots
+        if src:
+            as_tensor = lambda x: torch.tensor(x, dtype=torch.int64, device=self.device)
+            self._backend.commit_kv(self.kv_cache, as_tensor(src), as_tensor(dst))
+
+    def _metadata(self, items: Sequence[ForwardItem]) -> AttentionMetadata:
+        bm = self.blocks
+        slots: list[int] = []
+        kv_lens, q_lens, windows = [], [], []
+        for it in items:
+            base = bm.committed_len(it.seq_id) + it.tree_offset
+            n = len(it.token_ids)
+            slots += bm.slots(it.seq_id, base, base + n)
+            kv_lens.append(base + n)
+            q_lens.append(n)
+            windows.append(it.tree_offset + n)
+        tables = [bm.block_table(it.seq_id) for it in items]
+        width = max(len(t) for t in tables)
+        table = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+        cu = torch.tensor([0] + q_lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        mask, tree_lens = self._tree_mask(items, windows)
+        dev = self.device
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            block_tables=table.to(dev),
+            kv_lens=torch.tensor(kv_lens, dtype=torch.int32, device=dev),
+            cu_seqlens_q=cu.to(dev),
+            tree_mask=None if mask is None else mask.to(dev),
+            tree_lens=None if tree_lens is None else tree_lens.to(dev),
+        )
+
+    @staticmethod
+    def _tree_mask(items: Sequence[ForwardItem], windows: list[int]):
+        """[T, W] mask rows; causal items inside a tree batch get a lower-triangular window."""
+        if all(it.tree_mask is None for it in items):
+            return None, None
+        width = max(windows)
+        rows: list[torch.Tensor] = []
+        for it, w in zip(items, windows):
+            n = len(it.token_ids)
+            if it.tree_mask is None:
+                if it.tree_offset:
+                    raise ValueError("a causal item cannot follow tree tokens in the same step")
+                block = torch.ones(n, n, dtype=torch.bool).tril()
+            else:
+                block = torch.tensor(it.tree_mask, dtype=torch.bool).reshape(n, w)
+            rows.append(torch.nn.functional.pad(block, (0, width - w)))
+        return torch.cat(rows), torch.tensor(windows, dtype=torch.int32)
+
+
+def load_runner(
+    name_or_path: str, dtype: torch.dtype, device: torch.device, kv: KVCacheConfig,
+    backend: str = "auto",
+) -> ModelRunner:
+    """Resolve a model name or path, build our model with the chosen kernels, allocate its KV."""
+    from kernels.backend import select_backend
+    from specgrove.modeling.loader import build_model, resolve_model
+
+    path = resolve_model(name_or_path)
+    model = build_model(path, dtype, device, select_backend(backend, device))
+    return ModelRunner(model, kv, device)

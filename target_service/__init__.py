@@ -1,0 +1,1 @@
+"""Target service: the large model, its paged KV cache, batched tree verification."""

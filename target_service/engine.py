@@ -1,0 +1,176 @@
+"""In-process target engine: prefill a batch, verify a batch of token trees, release.
+
+Per sequence the KV cache holds the committed tokens ``[0, L)`` and the engine remembers the
+pending token (sampled, not yet run). ``verify`` writes every tree node at its own slot after
+``L``, runs one forward over all nodes of all sequences, accepts a path per sequence with the
+lossless rules of ``specgrove.sampling``, commits the path's K/V to ``L+1 .. L+k`` and returns
+accepted tokens plus the bonus token (DESIGN "One step", 3).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from specgrove.kv import KVCacheExhausted
+from specgrove.runner import ForwardItem, ModelRunner
+from specgrove.sampling import accept_greedy, accept_sampled, make_generator, target_probs
+from specgrove.tree import TokenTree
+from specgrove.types import (
+    InvalidRequest,
+    PrefillRequest,
+    PrefillResult,
+    SamplingParams,
+    VerifyItem,
+    VerifyResult,
+)
+
+
+class UnknownSequence(KeyError):
+    """A sequence id the engine does not hold (maps to NOT_FOUND)."""
+
+
+@dataclass
+class _SeqState:
+    sampling: SamplingParams
+    generator: torch.Generator
+    pending: int = -1
+
+
+@dataclass(frozen=True)
+class EngineCapacity:
+    total_blocks: int
+    free_blocks: int
+    block_size: int
+    max_model_len: int
+
+
+class TargetEngine:
+    def __init__(self, runner: ModelRunner, max_model_len: int | None = None) -> None:
+        self.runner = runner
+        self.vocab_size = runner.config.vocab_size
+        self.max_model_len = min(max_model_len or runner.config.max_positions, runner.config.max_positions)
+        self._seqs: dict[int, _SeqState] = {}
+
+    # --- public API --------------------------------------------------------------------------
+    def capacity(self) -> EngineCapacity:
+        bm = self.runner.blocks
+        return EngineCapacity(bm.num_blocks, bm.num_free_blocks, bm.block_size, self.max_model_len)
+
+    def has_sequence(self, seq_id: int) -> bool:
+        return seq_id in self._seqs
+
+    def committed_len(self, seq_id: int) -> int:
+        return self.runner.blocks.committed_len(self._state_id(seq_id))
+
+    def prefill(self, requests: Sequence[PrefillRequest]) -> list[PrefillResult]:
+        """Compute prompt KV for a batch and sample each sequence's first (pending) token."""
+        self._check_prefill(requests)
+        bm = self.runner.blocks
+        if not bm.can_fit(sum(bm.blocks_for(len(r.prompt_ids)) * bm.block_size for r in requests)):
+            raise KVCacheExhausted("not enough free KV blocks for these prompts")
+        for r in requests:
+            bm.add_sequence(r.seq_id)
+            self._seqs[r.seq_id] = _SeqState(r.sampling, make_generator(r.sampling.seed))
+        items = [ForwardItem(r.seq_id, r.prompt_ids, range(len(r.prompt_ids))) for r in requests]
+        try:
+            logits = self.runner.forward(items)
+        except BaseException:
+            for r in requests:
+                self.release(r.seq_id)
+            raise
+        self.runner.commit_many([(r.seq_id, len(r.prompt_ids), None) for r in requests])
+        results = []
+        for r, lg in zip(requests, logits):
+            _, first = self._accept(TokenTree.root_only(0), lg, self._seqs[r.seq_id])
+            self._seqs[r.seq_id].pending = first
+            results.append(PrefillResult(r.seq_id, first))
+        return results
+
+    def verify(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
+        """One forward over every node of every tree; accept, commit, return tokens."""
+        self._check_verify(items)
+        bm = self.runner.blocks
+        forward = []
+        for it in items:
+            base = bm.committed_len(it.seq_id)
+            forward.append(ForwardItem(
+                it.seq_id, it.tree.token_ids, it.tree.positions(base),
+                tree_mask=it.tree.ancestor_mask(), all_logits=True,
+            ))
+        try:
+            logits = self.runner.forward(forward)
+        except BaseException:
+            for it in items:
+                bm.rollback(it.seq_id)
+            raise
+        results, commits = [], []
+        for it, lg in zip(items, logits):
+            state = self._seqs[it.seq_id]
+            path, bonus = self._accept(it.tree, lg, state)
+            commits.append((it.seq_id, len(path) + 1, [0] + path))
+            state.pending = bonus
+            tokens = tuple(it.tree.token_ids[n] for n in path)
+            results.append(VerifyResult(it.seq_id, tokens, bonus, tuple(path)))
+        self.runner.commit_many(commits)
+        return results
+
+    def release(self, seq_id: int) -> None:
+        """Free a sequence's blocks; releasing an unknown or released sequence is a no-op."""
+        self._seqs.pop(seq_id, None)
+        self.runner.blocks.free(seq_id)
+
+    # --- internals ---------------------------------------------------------------------------
+    def _accept(self, tree: TokenTree, logits: torch.Tensor, state: _SeqState):
+        if state.sampling.greedy:
+            return accept_greedy(tree, logits.argmax(dim=-1).tolist())
+        probs = target_probs(logits, state.sampling).cpu()
+        return accept_sampled(tree, probs, state.generator)
+
+    def _state_id(self, seq_id: int) -> int:
+        if seq_id not in self._seqs:
+            raise UnknownSequence(f"unknown sequence {seq_id}")
+        return seq_id
+
+    def _check_prefill(self, requests: Sequence[PrefillRequest]) -> None:
+        ids = [r.seq_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise InvalidRequest("seq_id", "duplicate sequence ids in one prefill")
+        for r in requests:
+            if r.seq_id in self._seqs:
+                raise InvalidRequest("seq_id", f"sequence {r.seq_id} already exists")
+            if not r.prompt_ids:
+                raise InvalidRequest("prompt_ids", "the prompt is empty")
+            if len(r.prompt_ids) >= self.max_model_len:
+                raise InvalidRequest(
+                    "prompt_ids",
+                    f"prompt of {len(r.prompt_ids)} tokens leaves no room in the context "
+                    f"of {self.max_model_len} tokens",
+                )
+            self._check_tokens("prompt_ids", r.prompt_ids)
+
+    def _check_verify(self, items: Sequence[VerifyItem]) -> None:
+        ids = [it.seq_id for it in items]
+        if len(set(ids)) != len(ids):
+            raise InvalidRequest("seq_id", "duplicate sequence ids in one verify")
+        for it in items:
+            state = self._seqs.get(it.seq_id)
+            if state is None:
+                raise UnknownSequence(f"unknown sequence {it.seq_id}")
+            if it.tree.token_ids[0] != state.pending:
+                raise InvalidRequest(
+                    "tree.token_ids", f"root {it.tree.token_ids[0]} is not the pending token {state.pending}"
+                )
+            self._check_tokens("tree.token_ids", it.tree.token_ids)
+            base = self.runner.blocks.committed_len(it.seq_id)
+            if base + len(it.tree) > self.max_model_len:
+                raise InvalidRequest(
+                    "tree", f"{len(it.tree)} nodes after {base} tokens exceed the context of "
+                    f"{self.max_model_len} tokens",
+                )
+
+    def _check_tokens(self, field: str, tokens: Sequence[int]) -> None:
+        bad = next((t for t in tokens if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(field, f"token {bad} is outside the vocabulary of {self.vocab_size}")

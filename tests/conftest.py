@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.tiny_models import save_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Tiny checkpoints: a target per architecture plus a different draft for llama."""
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "llama": save_tiny_model(root / "llama", "llama", seed=0),
+        "llama3": save_tiny_model(root / "llama3", "llama3", seed=1),
+        "qwen2": save_tiny_model(root / "qwen2", "qwen2", seed=2),
+        "mistral": save_tiny_model(root / "mistral", "mistral", seed=3),
+        # Draft: same vocabulary, one layer, other weights.
+        "draft": save_tiny_model(root / "draft", "llama", seed=4, seed_layers=1),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(1234)
