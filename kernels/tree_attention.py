@@ -265,10 +265,10 @@ if triton is not None:
         if num_tokens == 0 or num_seqs == 0:
             return out
         group = num_q_heads // num_kv_heads
-        block_q, block_m, block_n, block_d = _tile_sizes(num_tokens, num_seqs, group, head_dim)
+        tiles = _tile_config(num_tokens, num_seqs, group, head_dim, q.dtype)
         tree = tree_mask is not None
         mask = tree_mask.view(torch.uint8) if tree else kv_lens  # placeholder when causal
-        _tree_attention_kernel[(num_tokens // block_q + num_seqs, num_kv_heads)](
+        _tree_attention_kernel[(num_tokens // tiles["BLOCK_Q"] + num_seqs, num_kv_heads)](
             q, k_cache, v_cache, out, block_tables, kv_lens, cu_seqlens_q,
             mask, tree_lens if tree else kv_lens,
             num_seqs, float(scale) * math.log2(math.e),
@@ -276,8 +276,7 @@ if triton is not None:
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             block_tables.stride(0), mask.stride(0),
-            HEAD_DIM=head_dim, GROUP=group, PAGE=k_cache.shape[1], TREE=tree,
-            BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+            HEAD_DIM=head_dim, GROUP=group, PAGE=k_cache.shape[1], TREE=tree, **tiles,
             # fp32 inputs: exact fp32 products, not TF32, to honour the fp32 reference.
             PRECISION="ieee" if q.dtype == torch.float32 else None,
             UPCAST=q.dtype == torch.bfloat16 and _INTERPRETED,
@@ -289,18 +288,24 @@ if triton is not None:
     # same products, as fp32 holds any bf16 exactly).
     _INTERPRETED = isinstance(_tree_attention_kernel, InterpretedFunction)
 
-    def _tile_sizes(num_tokens: int, num_seqs: int, group: int, head_dim: int) -> tuple[int, ...]:
-        """(BLOCK_Q, BLOCK_M, BLOCK_N, BLOCK_D), from shapes only (no device sync).
+    def _tile_config(
+        num_tokens: int, num_seqs: int, group: int, head_dim: int, dtype: torch.dtype
+    ) -> dict[str, int]:
+        """Tile sizes and warps from shapes only (no device sync); untuned beyond avoiding spills.
 
-        A tile's BLOCK_M = BLOCK_Q * group rows (rounded up to a power of two) are sized to the
-        mean queries per sequence: 1 when decoding, the tree size when verifying; tl.dot needs
-        every tile dimension >= 16.
+        A tile's BLOCK_M = BLOCK_Q * group rows (a power of two) follow the mean queries per
+        sequence: one when decoding, the tree size when verifying. tl.dot needs every tile
+        dimension >= 16. Register use (ptxas for sm_90) sets BLOCK_N and the warps.
         """
         mean_q = triton.cdiv(num_tokens, num_seqs)
-        block_m = max(16, triton.next_power_of_2(group), min(64, triton.next_power_of_2(group * mean_q)))
+        block_m = min(64, triton.next_power_of_2(group * mean_q))
+        block_m = max(16, triton.next_power_of_2(group), block_m)
         block_d = max(16, triton.next_power_of_2(head_dim))
-        block_n = 64 if block_d <= 128 else 32
-        return block_m // group, block_m, block_n, block_d
+        block_n = 64 if block_d <= 128 and dtype != torch.float32 else 32
+        return dict(
+            BLOCK_Q=block_m // group, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+            num_warps=8 if block_m * block_d >= 64 * 128 else 4,
+        )
 
     _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -9,7 +9,7 @@ from torch import nn
 from kernels.backend import KernelBackend
 from specgrove.modeling.config import ModelConfig
 from specgrove.modeling.layers import RotaryEmbedding
-from specgrove.modeling.parallel import ColumnParallelLinear, RowParallelLinear, TPGroup
+from specgrove.modeling.parallel import ColumnParallelLinear, LayerContext, RowParallelLinear
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,9 @@ class AttentionMetadata:
 class PagedAttention(nn.Module):
     """Multi-head attention with GQA over the paged cache; QKV is one column-parallel matmul."""
 
-    def __init__(self, cfg: ModelConfig, tp: TPGroup, dtype, backend: KernelBackend) -> None:
+    def __init__(self, cfg: ModelConfig, ctx: LayerContext, backend: KernelBackend) -> None:
         super().__init__()
+        tp = ctx.tp
         if cfg.num_kv_heads % tp.size:
             raise ValueError(
                 f"{cfg.num_kv_heads} KV heads cannot be split over tensor-parallel size {tp.size}"
@@ -43,9 +44,9 @@ class PagedAttention(nn.Module):
         self.backend = backend
         q_size, kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         self.qkv_proj = ColumnParallelLinear(
-            cfg.hidden_size, (q_size, kv_size, kv_size), cfg.qkv_bias, tp, dtype
+            cfg.hidden_size, (q_size, kv_size, kv_size), cfg.qkv_bias, ctx
         )
-        self.o_proj = RowParallelLinear(q_size, cfg.hidden_size, tp, dtype)
+        self.o_proj = RowParallelLinear(q_size, cfg.hidden_size, ctx)
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_positions, cfg.rope)
 
     def forward(

@@ -16,9 +16,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 whatever the model dtype, exactly as the Hugging Face reference
-        # does (also for float64), so float64 runs match it to the last bits.
-        work = x.to(torch.float32)
+        # Normalise in at least float32 (half precision would lose the mean of squares). The HF
+        # reference uses float32 even for float64 models; we keep float64 there so that two
+        # summation orders of one float64 model (decode vs tree verify) agree to ~1e-13.
+        work = x.to(torch.promote_types(x.dtype, torch.float32))
         work = work * torch.rsqrt(work.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * work.to(x.dtype)
 

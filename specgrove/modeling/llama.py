@@ -16,18 +16,18 @@ from specgrove.modeling.layers import RMSNorm
 from specgrove.modeling.parallel import (
     ColumnParallelLinear,
     ParallelLMHead,
+    LayerContext,
     RowParallelLinear,
-    TPGroup,
     VocabParallelEmbedding,
 )
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: TPGroup, dtype) -> None:
+    def __init__(self, cfg: ModelConfig, ctx: LayerContext) -> None:
         super().__init__()
         size = cfg.intermediate_size
-        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, (size, size), False, tp, dtype)
-        self.down_proj = RowParallelLinear(size, cfg.hidden_size, tp, dtype)
+        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, (size, size), False, ctx)
+        self.down_proj = RowParallelLinear(size, cfg.hidden_size, ctx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -35,12 +35,12 @@ class SwiGLU(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: TPGroup, dtype, backend: KernelBackend) -> None:
+    def __init__(self, cfg: ModelConfig, ctx: LayerContext, backend: KernelBackend) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.self_attn = PagedAttention(cfg, tp, dtype, backend)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
-        self.mlp = SwiGLU(cfg, tp, dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ctx.dtype)
+        self.self_attn = PagedAttention(cfg, ctx, backend)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ctx.dtype)
+        self.mlp = SwiGLU(cfg, ctx)
 
     def forward(self, x, positions, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, meta)
@@ -48,24 +48,22 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: TPGroup, dtype, backend: KernelBackend) -> None:
+    def __init__(self, cfg: ModelConfig, ctx: LayerContext, backend: KernelBackend) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp, dtype)
-        self.layers = nn.ModuleList(
-            DecoderLayer(cfg, tp, dtype, backend) for _ in range(cfg.num_layers)
-        )
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ctx)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, ctx, backend) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ctx.dtype)
 
 
 class LlamaForCausalLM(nn.Module):
     """``forward`` returns hidden states; ``logits`` projects only the rows that need them."""
 
-    def __init__(self, cfg: ModelConfig, tp: TPGroup, dtype, backend: KernelBackend) -> None:
+    def __init__(self, cfg: ModelConfig, ctx: LayerContext, backend: KernelBackend) -> None:
         super().__init__()
         self.config = cfg
-        self.tp = tp
-        self.model = LlamaModel(cfg, tp, dtype, backend)
-        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, tp, dtype)
+        self.tp = ctx.tp
+        self.model = LlamaModel(cfg, ctx, backend)
+        self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size, ctx)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 

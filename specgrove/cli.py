@@ -1,0 +1,71 @@
+"""The ``specgrove`` command line.
+
+The CLI is the composition root: it is the one module of the shared package that reaches into
+the service packages, and only inside command bodies, so importing ``specgrove`` stays light.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+@click.group()
+@click.version_option(package_name="specgrove")
+def main() -> None:
+    """specgrove: speculative and tree decoding."""
+
+
+@main.command()
+@click.option("--target", default="smollm2-135m-instruct", show_default=True,
+              help="Model name or path (Hugging Face directory or .gguf file).")
+@click.option("--draft", "draft_path", default=None, help="Draft model path (implies --drafter model).")
+@click.option("--drafter", type=click.Choice(["ngram", "model", "none"]), default=None,
+              help="Drafter kind [default: model with --draft, else ngram].")
+@click.option("--prompt", required=True, help="Prompt text.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template.")
+@click.option("--max-tokens", default=128, show_default=True, type=int)
+@click.option("--temperature", default=0.0, show_default=True, type=float)
+@click.option("--top-p", default=1.0, show_default=True, type=float)
+@click.option("--top-k", default=0, show_default=True, type=int)
+@click.option("--seed", default=None, type=int)
+@click.option("--tree", default=None, help="Static tree shape, children per depth, e.g. 4,2,2,1.")
+@click.option("--tree-nodes", default=None, type=int, help="Dynamic tree: node budget [16].")
+@click.option("--tree-depth", default=None, type=int, help="Dynamic tree: depth [5].")
+@click.option("--tree-top-k", default=None, type=int, help="Dynamic tree: expansions per depth [4].")
+@click.option("--dtype", default="float32", show_default=True,
+              type=click.Choice(["float32", "bfloat16", "float16", "float64"]))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--kernels", "kernel_backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "triton"]))
+@click.option("--block-size", default=16, show_default=True, type=int)
+@click.option("--kv-blocks", default=1024, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def generate(**opts) -> None:
+    """Generate text in this process with speculative decoding."""
+    from specgrove.generate_cmd import GenerateOptions, run_generate
+
+    try:
+        result = run_generate(GenerateOptions(**opts))
+    except Exception as exc:  # noqa: BLE001 -- one clear line, never a traceback
+        _fail(exc)
+    if opts["as_json"]:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(result["text"])
+        click.echo(
+            f"[{len(result['token_ids'])} tokens, {result['steps']} steps, "
+            f"tau={result['mean_acceptance_length']:.2f}, {result['tokens_per_second']:.1f} tok/s]",
+            err=True,
+        )
+
+
+def _fail(exc: Exception) -> None:
+    if isinstance(exc, click.ClickException):
+        raise exc
+    kind = type(exc).__name__
+    click.echo(f"specgrove: error: {exc} ({kind})", err=True)
+    sys.exit(2)
+
+
