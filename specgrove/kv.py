@@ -8,6 +8,7 @@ never leaves a sequence half-grown (the caller may preempt and retry later).
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 
@@ -31,13 +32,16 @@ class CommitPlan:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, shuffle_seed: int | None = None) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be positive")
         self.num_blocks = num_blocks
         self.block_size = block_size
-        # Pop from the end: the lowest ids are handed out first, which keeps tests readable.
+        # Pop from the end: the lowest ids are handed out first. A shuffle seed hands them out
+        # in a random order instead (tests use it to prove nothing assumes contiguous blocks).
         self._free = list(range(num_blocks - 1, -1, -1))
+        if shuffle_seed is not None:
+            random.Random(shuffle_seed).shuffle(self._free)
         self._seqs: dict[int, _SeqBlocks] = {}
 
     # --- capacity -------------------------------------------------------------------------

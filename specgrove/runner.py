@@ -20,6 +20,7 @@ from specgrove.modeling.attention import AttentionMetadata
 class KVCacheConfig:
     block_size: int = 16
     num_blocks: int = 1024
+    shuffle_seed: int | None = None  # hand out physical blocks in random order (testing)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ModelRunner:
         self.model = model
         self.device = device
         self.dtype = model.lm_head.weight.dtype
-        self.blocks = BlockManager(kv.num_blocks, kv.block_size)
+        self.blocks = BlockManager(kv.num_blocks, kv.block_size, kv.shuffle_seed)
         self.kv_cache = torch.zeros(  # [layers, 2, blocks, block_size, Hkv_local, D]
             cfg.num_layers, 2, kv.num_blocks, kv.block_size, model.kv_heads_per_rank,
             cfg.head_dim, dtype=self.dtype, device=device,

@@ -124,7 +124,7 @@ def make_batch(seqs, *, page, hq, hkv, d, dtype, gen, device=DEVICE):
         width = max(s.window for s in seqs) + 3
         tree_mask = torch.rand(int(cu[-1]), width, generator=gen) < 0.5
         for s, row in zip(seqs, cu.tolist()):
-            tree_mask[row : row + s.q_len, : s.window] = ancestor_mask(s.parents)[-s.q_len :]
+            tree_mask[row : row + s.q_len, : s.window] = ancestor_mask(s.parents)[s.window - s.q_len :]
         tree_lens = torch.tensor([s.window for s in seqs], dtype=torch.int32)
     batch = dict(
         q=torch.randn(int(cu[-1]), hq, d, generator=gen).to(dtype),
@@ -251,7 +251,8 @@ def test_launcher_rejects_bad_inputs(change, message):
 @pytest.mark.parametrize("page", [1, 16, 32])
 def test_write_kv_matches_reference(dtype, page):
     gen = torch.Generator().manual_seed(page)
-    num_blocks, hkv, d, t = 7, 3, 16, 11
+    hkv, d, t = 3, 16, 11
+    num_blocks = -(-2 * t // page) + 1  # twice the slots needed
     k_cache = torch.randn(num_blocks, page, hkv, d, generator=gen).to(dtype).to(DEVICE)
     v_cache = torch.randn(num_blocks, page, hkv, d, generator=gen).to(dtype).to(DEVICE)
     # K and V as the model makes them: strided views into one fused projection.
@@ -326,7 +327,7 @@ def test_paged_kv_rejects_bad_inputs():
     with pytest.raises(ValueError, match="int64"):
         PAGED.commit_kv(kv_cache, slots.int(), slots.int())
     with pytest.raises(ValueError, match="contiguous"):
-        PAGED.commit_kv(kv_cache.transpose(4, 5), slots, slots)
+        PAGED.commit_kv(kv_cache.transpose(2, 3), slots, slots)
     k = torch.zeros(2, 1, 16, device=DEVICE)
     with pytest.raises(ValueError, match="share a dtype"):
         PAGED.write_kv(kv_cache[0, 0], kv_cache[0, 1], k.half(), k.half(), slots)

@@ -61,8 +61,10 @@ def make_tokenizer():
     return fast
 
 
-def save_tiny_model(path: Path, kind: str = "llama", seed: int = 0, **overrides) -> Path:
-    """Random weights (fixed seed), saved in float32 with a tokenizer."""
+def save_tiny_model(
+    path: Path, kind: str = "llama", seed: int = 0, with_tokenizer: bool = True, **overrides
+) -> Path:
+    """Random weights (fixed seed), saved in float32, with a tokenizer unless told not to."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -72,5 +74,6 @@ def save_tiny_model(path: Path, kind: str = "llama", seed: int = 0, **overrides)
             if p.dim() == 2:
                 p.normal_(0.0, 0.2)
     model.save_pretrained(path)
-    make_tokenizer().save_pretrained(path)
+    if with_tokenizer:
+        make_tokenizer().save_pretrained(path)
     return path
