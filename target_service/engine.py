@@ -68,8 +68,9 @@ class TargetEngine:
         """Compute prompt KV for a batch and sample each sequence's first (pending) token."""
         self._check_prefill(requests)
         bm = self.runner.blocks
-        if not bm.can_fit(sum(bm.blocks_for(len(r.prompt_ids)) * bm.block_size for r in requests)):
-            raise KVCacheExhausted("not enough free KV blocks for these prompts")
+        need = sum(bm.blocks_for(len(r.prompt_ids)) for r in requests)
+        if need > bm.num_free_blocks:
+            raise KVCacheExhausted(f"prompts need {need} KV blocks, {bm.num_free_blocks} are free")
         for r in requests:
             bm.add_sequence(r.seq_id)
             self._seqs[r.seq_id] = _SeqState(r.sampling, make_generator(r.sampling.seed))
@@ -83,6 +84,7 @@ class TargetEngine:
         self.runner.commit_many([(r.seq_id, len(r.prompt_ids), None) for r in requests])
         results = []
         for r, lg in zip(requests, logits):
+            # A root-only tree has no children to accept: its bonus is a plain draw from p.
             _, first = self._accept(TokenTree.root_only(0), lg, self._seqs[r.seq_id])
             self._seqs[r.seq_id].pending = first
             results.append(PrefillResult(r.seq_id, first))

@@ -71,8 +71,7 @@ def test_many_cycles_with_early_release_return_every_block(tiny_dirs):
         assert engine.runner.blocks.num_free_blocks == start
     assert drafts.drafters["model"].runner.blocks.num_free_blocks == draft_start
     # Released mid-generation (as a cancelled request would be): blocks come back too.
-    engine.prefill([PrefillRequest(99, (1, 2, 3, 4, 5))])
-    pending = engine._seqs[99].pending
+    pending = engine.prefill([PrefillRequest(99, (1, 2, 3, 4, 5))])[0].first_token
     engine.verify([VerifyItem(99, TokenTree((pending, 7), (-1, 0)))])
     engine.release(99)
     assert engine.runner.blocks.num_free_blocks == start
