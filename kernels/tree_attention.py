@@ -20,20 +20,20 @@ The window may be longer than the queries (a draft model expanding a tree one de
 queries only the newest depth while earlier depths already sit in the cache).
 
 ``tree_attention`` (defined only when Triton imports) is the Triton kernel with this exact
-signature. It is FlashAttention-style (Dao et al. 2022; FlashAttention-2, Dao 2023): online
-softmax over blocks of keys read page by page through the block table, so no score matrix over
-the prefix is ever materialised. One program owns a tile of queries of one sequence times the
-GQA group of query heads sharing one KV head, so each K/V block is loaded once per group and
-even one-query decoding fills the rows of a tensor-core tile. Keys every query of the tile sees (the
-prefix) run without masks; only the blocks overlapping the causal diagonal or the tree window
-are masked, and causal tiles stop at their last query's position. Not done: splitting one
-sequence's keys across programs (Flash-Decoding, which would help batches too
-small to fill the GPU at long prefixes (Dao, Haziza, Massa, Sizov 2023).
+signature, FlashAttention-style (Dao et al. 2022; FlashAttention-2, Dao 2023): an online softmax
+over blocks of keys read page by page through the block table, so no score matrix over the
+prefix is ever materialised. One program owns a tile of one sequence's queries times the GQA
+group of query heads that share a KV head: each K/V block is loaded once per group, and even
+one-query decoding fills the rows of a tensor-core tile. Key blocks every query of the tile sees
+(the prefix) run unmasked; only blocks on the causal diagonal or in the tree window are masked,
+and a causal tile stops at its last query. Not done: splitting one sequence's keys over several
+programs (Flash-Decoding; Dao, Haziza, Massa, Sizov 2023), which would help batches too small to
+fill the GPU at long prefixes.
 
 Preconditions the launcher does not check (that would cost a device sync): ``cu_seqlens_q`` is
 non-decreasing with ``cu_seqlens_q[-1] == T``; ``q_len <= kv_len`` (causal) or
 ``q_len <= tree_lens[b] <= min(W, kv_len)`` (tree); block tables cover ``kv_len`` keys. A query
-that sees no key returns zeros, as the reference's SDPA does.
+that sees no key gets zeros, as from the reference's SDPA.
 """
 from __future__ import annotations
 
@@ -120,6 +120,23 @@ if triton is not None:
         return lo - 1
 
     @triton.jit
+    def _key_ranges(kv_len, q_len, q_start, tree_len, TREE: tl.constexpr,
+                    BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr):
+        """(win0, shared, kv_end) for a query tile: keys [0, shared) are seen by every row (whole
+        key blocks, run unmasked), keys [shared, kv_end) need the mask. Tree: win0 is the first
+        window key. Causal: win0 is query 0's key position, and the tile ends at its last query.
+        """
+        if TREE:
+            win0 = kv_len - tree_len
+            shared = win0
+            kv_end = kv_len
+        else:
+            win0 = kv_len - q_len
+            shared = win0 + q_start
+            kv_end = tl.minimum(kv_len, win0 + q_start + BLOCK_Q)
+        return win0, shared // BLOCK_N * BLOCK_N, kv_end
+
+    @triton.jit
     def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         """``a @ b`` with fp32 accumulation. UPCAST: the interpreter has no bf16 matmul."""
         if UPCAST:
@@ -155,7 +172,7 @@ if triton is not None:
         offs_n = start + tl.arange(0, BLOCK_N)  # [BLOCK_N] logical key positions
         offs_d = tl.arange(0, BLOCK_D)
         key_ok = offs_n < kv_end
-        page = tl.load(table + offs_n // PAGE, mask=key_ok, other=0).to(tl.int64)  # physical block
+        page = tl.load(table + offs_n // PAGE, mask=key_ok, other=0).to(tl.int64)  # physical
         slot = offs_n % PAGE
         kv_ok = key_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
         k = tl.load(  # [BLOCK_N, BLOCK_D]
@@ -171,7 +188,7 @@ if triton is not None:
         m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_shift)  # rescales what was accumulated under the old max
         p = tl.exp2(s - m_shift[:, None])  # [BLOCK_M, BLOCK_N]
-        v = tl.load(
+        v = tl.load(  # [BLOCK_N, BLOCK_D]
             v_base + page[:, None] * stride_vb + slot[:, None] * stride_vs + offs_d[None, :],
             mask=kv_ok, other=0.0,
         )
@@ -191,8 +208,8 @@ if triton is not None:
         BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):
-        """Grid (flat query tile, KV head). Row r of the tile is query q_start + r // GROUP of
-        query head kv_head * GROUP + r % GROUP; rows past BLOCK_Q * GROUP are padding."""
+        """Grid (flat query tile, KV head). Tile row r is query q_start + r // GROUP of query
+        head kv_head * GROUP + r % GROUP; rows past BLOCK_Q * GROUP are padding."""
         tile = tl.program_id(0)
         kv_head = tl.program_id(1)
         seq = _find_sequence(cu_seqlens_q, tile, num_seqs, BLOCK_Q)
@@ -212,16 +229,10 @@ if triton is not None:
             q + rows[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :],
             mask=io_ok, other=0.0,
         )
-        kv_len = tl.load(kv_lens + seq)
-        if TREE:
-            win0 = kv_len - tl.load(tree_lens + seq)  # first key of the tree window
-            shared = win0  # keys before it: seen by every query
-            kv_end = kv_len
-        else:
-            win0 = kv_len - q_len  # key position of query 0
-            shared = win0 + q_start  # at or before the tile's first query: seen by all rows
-            kv_end = tl.minimum(kv_len, win0 + q_start + BLOCK_Q)  # after its last query
-        shared = shared // BLOCK_N * BLOCK_N
+        tree_len = tl.load(tree_lens + seq) if TREE else 0
+        win0, shared, kv_end = _key_ranges(
+            tl.load(kv_lens + seq), q_len, q_start, tree_len, TREE, BLOCK_Q, BLOCK_N
+        )
         key_limit = win0 + tok  # [BLOCK_M] causal: last key each row sees
         mask_rows = tree_mask + rows * stride_mt  # [BLOCK_M] tree: mask row pointers
         table = block_tables + seq.to(tl.int64) * stride_bt
@@ -246,6 +257,11 @@ if triton is not None:
         o_ptrs = out + rows[:, None] * stride_ot + head[:, None] * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, o.to(out.dtype.element_ty), mask=io_ok)
 
+    # The interpreter (TRITON_INTERPRET=1, read when the kernels are decorated) runs tl.dot with
+    # numpy, which has no bfloat16: there bf16 operands are widened to fp32, which holds every
+    # bf16 value exactly, so the products are those of the GPU's bf16 tensor cores.
+    _INTERPRETED = isinstance(_tree_attention_kernel, InterpretedFunction)
+
     def tree_attention(
         q: torch.Tensor,  # [T, Hq, D]
         k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
@@ -258,7 +274,8 @@ if triton is not None:
         scale: float,
     ) -> torch.Tensor:  # [T, Hq, D]
         """Triton launcher with the contract of :func:`tree_attention_ref`."""
-        _check_inputs(q, k_cache, v_cache, block_tables, kv_lens, cu_seqlens_q, tree_mask, tree_lens)
+        _check_inputs(q, k_cache, v_cache, block_tables, kv_lens, cu_seqlens_q, tree_mask,
+                      tree_lens)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         num_tokens, num_q_heads, head_dim = q.shape
         num_seqs, num_kv_heads = kv_lens.shape[0], k_cache.shape[2]
@@ -283,19 +300,15 @@ if triton is not None:
         )
         return out
 
-    # The interpreter (TRITON_INTERPRET=1, read when the kernels are decorated) runs tl.dot with
-    # numpy, which has no bfloat16: bf16 operands are widened to fp32 there (numerically the
-    # same products, as fp32 holds any bf16 exactly).
-    _INTERPRETED = isinstance(_tree_attention_kernel, InterpretedFunction)
-
     def _tile_config(
         num_tokens: int, num_seqs: int, group: int, head_dim: int, dtype: torch.dtype
     ) -> dict[str, int]:
-        """Tile sizes and warps from shapes only (no device sync); untuned beyond avoiding spills.
+        """Tile sizes and warps from shapes only (no device sync). Untuned on hardware: chosen so
+        ptxas (sm_90) reports no register spills at head dim 128 in fp16/bf16.
 
         A tile's BLOCK_M = BLOCK_Q * group rows (a power of two) follow the mean queries per
         sequence: one when decoding, the tree size when verifying. tl.dot needs every tile
-        dimension >= 16. Register use (ptxas for sm_90) sets BLOCK_N and the warps.
+        dimension >= 16.
         """
         mean_q = triton.cdiv(num_tokens, num_seqs)
         block_m = min(64, triton.next_power_of_2(group * mean_q))
@@ -313,27 +326,37 @@ if triton is not None:
         if not ok:
             raise ValueError(f"tree_attention: {message}")
 
-    def _check_inputs(q, k_cache, v_cache, block_tables, kv_lens, cu_seqlens_q, tree_mask, tree_lens):
+    def _check_inputs(q, k_cache, v_cache, block_tables, kv_lens, cu_seqlens_q, tree_mask,
+                      tree_lens) -> None:
         """Dtypes, shapes, strides and devices the kernel relies on (values are not read)."""
-        _require(q.dim() == 3 and k_cache.dim() == 4, "q must be [T, Hq, D], k_cache [blocks, page, Hkv, D]")
+        _require(q.dim() == 3 and k_cache.dim() == 4,
+                 "q must be [T, Hq, D] and k_cache [num_blocks, block_size, Hkv, D]")
         _require(q.dtype in _FLOAT_DTYPES, f"q dtype {q.dtype} is not fp16, bf16 or fp32")
-        _require(k_cache.dtype == q.dtype and v_cache.dtype == q.dtype, "q, k_cache, v_cache dtypes differ")
+        _require(k_cache.dtype == v_cache.dtype == q.dtype, "q, k_cache and v_cache dtypes differ")
         _require(v_cache.shape == k_cache.shape, "k_cache and v_cache shapes differ")
         _require(q.shape[2] == k_cache.shape[3], "q and k_cache head dims differ")
         _require(q.shape[1] % k_cache.shape[2] == 0, "query heads must be a multiple of KV heads")
-        _require(all(t.stride(-1) == 1 for t in (q, k_cache, v_cache)), "q/k/v need a contiguous last dim")
+        _require(all(t.stride(-1) == 1 for t in (q, k_cache, v_cache)),
+                 "q, k_cache and v_cache need a contiguous last dim")
         num_seqs = kv_lens.shape[0]
-        index = [block_tables, kv_lens, cu_seqlens_q] + ([tree_lens] if tree_lens is not None else [])
+        index = [block_tables, kv_lens, cu_seqlens_q]
+        index += [tree_lens] if tree_lens is not None else []
         _require(all(t.dtype == torch.int32 for t in index), "index tensors must be int32")
-        _require(block_tables.dim() == 2 and block_tables.shape[0] == num_seqs, "block_tables must be [B, max_blocks]")
-        _require(block_tables.stride(1) == 1, "block_tables rows must be contiguous")
-        _require(kv_lens.dim() == 1 and kv_lens.is_contiguous(), "kv_lens must be a contiguous [B]")
-        _require(cu_seqlens_q.shape == (num_seqs + 1,) and cu_seqlens_q.is_contiguous(), "cu_seqlens_q must be a contiguous [B + 1]")
-        _require((tree_mask is None) == (tree_lens is None), "give tree_mask and tree_lens together")
+        _require(block_tables.dim() == 2 and block_tables.shape[0] == num_seqs
+                 and block_tables.stride(1) == 1,
+                 "block_tables must be [B, max_blocks] with contiguous rows")
+        _require(kv_lens.dim() == 1 and kv_lens.is_contiguous(),
+                 "kv_lens must be a contiguous [B]")
+        _require(cu_seqlens_q.shape == (num_seqs + 1,) and cu_seqlens_q.is_contiguous(),
+                 "cu_seqlens_q must be a contiguous [B + 1]")
+        _require((tree_mask is None) == (tree_lens is None),
+                 "give tree_mask and tree_lens together")
         if tree_mask is not None:
             _require(tree_mask.dtype == torch.bool, "tree_mask must be bool")
-            _require(tree_mask.dim() == 2 and tree_mask.shape[0] == q.shape[0], "tree_mask must be [T, W]")
-            _require(tree_mask.stride(1) == 1, "tree_mask rows must be contiguous")
-            _require(tree_lens.shape == (num_seqs,) and tree_lens.is_contiguous(), "tree_lens must be a contiguous [B]")
-        tensors = [k_cache, v_cache, tree_mask] + index
-        _require(all(t.device == q.device for t in tensors if t is not None), "all tensors must be on q's device")
+            _require(tree_mask.dim() == 2 and tree_mask.shape[0] == q.shape[0]
+                     and tree_mask.stride(1) == 1, "tree_mask must be [T, W] with contiguous rows")
+            _require(tree_lens.shape == (num_seqs,) and tree_lens.is_contiguous(),
+                     "tree_lens must be a contiguous [B]")
+        others = [k_cache, v_cache, tree_mask] + index
+        _require(all(t.device == q.device for t in others if t is not None),
+                 "all tensors must be on q's device")

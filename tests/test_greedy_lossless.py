@@ -81,3 +81,20 @@ def test_other_architectures_greedy(tiny_dirs):
         spec = generate(target, drafts, [GenerationRequest(1, PROMPTS[0], 20, drafter="model",
                                                            budget=TreeBudget(branching=(3, 2)))])
         assert spec[0].token_ids == base
+
+
+def test_triton_backend_gives_the_same_tokens(tiny_dirs):
+    """The engine with the Triton kernels forced (interpreter on CPU) decodes identically."""
+    pytest.importorskip("triton")
+    prompts = PROMPTS[:2]
+    reqs = lambda base, **kw: [GenerationRequest(base + i, p, 12, **kw) for i, p in enumerate(prompts)]
+    reference = target_engine(tiny_dirs["llama"], dtype=torch.float32, backend="torch")
+    want = [o.token_ids for o in generate(reference, draft_engine(), reqs(0))]
+    target = target_engine(tiny_dirs["llama"], dtype=torch.float32, backend="triton", shuffle_seed=1)
+    drafts = draft_engine(tiny_dirs["draft"], dtype=torch.float32, backend="triton")
+    assert target.runner.model.model.layers[0].self_attn.backend.name == "triton"
+    free = target.runner.blocks.num_free_blocks
+    for kw in ({}, {"drafter": "model", "budget": TreeBudget(branching=(2, 2))},
+               {"drafter": "ngram", "budget": TreeBudget(max_nodes=6, max_depth=4)}):
+        assert [o.token_ids for o in generate(target, drafts, reqs(100, **kw))] == want
+    assert target.runner.blocks.num_free_blocks == free

@@ -7,7 +7,6 @@ key of any sequence filled with NaN, so a kernel that reads past a sequence's ke
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import subprocess
@@ -19,28 +18,33 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    # Read by ``triton.jit`` when the kernels are decorated, so before they are imported.
+    # Triton reads this when it is first imported (its own @jit library) and when each kernel is
+    # decorated: it has to be set before anything imports triton. tests/conftest.py should set it
+    # too, as other test modules import the kernels (through kernels.backend) before this one.
     os.environ["TRITON_INTERPRET"] = "1"
 triton = pytest.importorskip("triton")
 
+import triton.language as tl  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
-import kernels.paged_kv  # noqa: E402
-import kernels.tree_attention  # noqa: E402
+from kernels import paged_kv as paged  # noqa: E402
+from kernels import tree_attention as attn  # noqa: E402
+
+# Without CUDA the kernels can only run interpreted; that needs Triton's library interpreted too.
+INTERPRETER_MISSED = not torch.cuda.is_available() and not isinstance(tl.max, InterpretedFunction)
 
 
-def _kernel_modules():
-    """The kernel modules, re-imported if another test imported them before the interpreter was
-    switched on (their kernels would then be compiled-only and unusable on the CPU)."""
-    modules = (kernels.tree_attention, kernels.paged_kv)
-    if os.environ.get("TRITON_INTERPRET") == "1" and not isinstance(
-        kernels.tree_attention._tree_attention_kernel, InterpretedFunction
-    ):
-        modules = tuple(importlib.reload(m) for m in modules)
-    return modules
+@pytest.fixture(autouse=True)
+def _triton_runnable():
+    if INTERPRETER_MISSED:
+        pytest.fail(
+            "triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run on "
+            "this CPU-only machine: set the variable in tests/conftest.py before any import of "
+            "triton or kernels",
+            pytrace=False,
+        )
 
 
-ATTN, PAGED = _kernel_modules()
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 REPO = Path(__file__).resolve().parent.parent
 # Error bound against an fp32 computation on the same (exactly upcast) inputs: the kernels round
@@ -87,7 +91,7 @@ def ancestor_mask(parents: tuple[int, ...]) -> torch.Tensor:  # [n, n] bool, anc
 
 
 def paged_cache(kv_lens, page, hkv, d, dtype, gen):
-    """Random K/V for each sequence's keys in shuffled pages; every other slot holds NaN.
+    """Random K/V for each sequence's keys in shuffled pages; all remaining slots hold NaN.
 
     Returns k_cache, v_cache [num_blocks, page, hkv, d] and block_tables [B, max_blocks] int32
     whose unused entries point at a NaN block.
@@ -124,7 +128,8 @@ def make_batch(seqs, *, page, hq, hkv, d, dtype, gen, device=DEVICE):
         width = max(s.window for s in seqs) + 3
         tree_mask = torch.rand(int(cu[-1]), width, generator=gen) < 0.5
         for s, row in zip(seqs, cu.tolist()):
-            tree_mask[row : row + s.q_len, : s.window] = ancestor_mask(s.parents)[s.window - s.q_len :]
+            nodes = ancestor_mask(s.parents)[s.window - s.q_len :]  # the queried (last) nodes
+            tree_mask[row : row + s.q_len, : s.window] = nodes
         tree_lens = torch.tensor([s.window for s in seqs], dtype=torch.int32)
     batch = dict(
         q=torch.randn(int(cu[-1]), hq, d, generator=gen).to(dtype),
@@ -135,15 +140,14 @@ def make_batch(seqs, *, page, hq, hkv, d, dtype, gen, device=DEVICE):
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def assert_matches_reference(batch) -> torch.Tensor:
+def assert_matches_reference(batch) -> None:
     """Kernel vs the reference run in fp32 on the same inputs (exact for fp32 inputs)."""
-    out = ATTN.tree_attention(**batch)
+    out = attn.tree_attention(**batch)
     upcast = {k: v.float() if torch.is_floating_point(v) else v for k, v in batch.items()
               if isinstance(v, torch.Tensor)}
-    ref = ATTN.tree_attention_ref(**{**batch, **upcast})
+    ref = attn.tree_attention_ref(**{**batch, **upcast})
     assert out.dtype == batch["q"].dtype and out.shape == batch["q"].shape
     torch.testing.assert_close(out.float(), ref, atol=ATOL[out.dtype], rtol=ATOL[out.dtype])
-    return out
 
 
 # ----------------------------------------------------------------------------- tree attention
@@ -179,10 +183,12 @@ def test_tree_attention_matches_reference(dtype, page, hq, hkv, make_seqs):
 @pytest.mark.parametrize("hq,hkv", [(1, 1), (4, 1), (16, 2)])
 @pytest.mark.parametrize("d", [16, 24])  # 24: padded to a 32-wide tile
 def test_decoding_long_prefixes(hq, hkv, d):
-    """One query per sequence over prefixes spanning several key blocks (the unmasked loop)."""
+    """One query per sequence over prefixes spanning several key blocks (the unmasked loop);
+    q is a strided view, as a slice of a fused QKV projection would be."""
     gen = torch.Generator().manual_seed(hq + d)
     seqs = [Seq(200, 1), Seq(128, 1), Seq(63, 1), Seq(0, 1)]
     batch = make_batch(seqs, page=16, hq=hq, hkv=hkv, d=d, dtype=torch.float32, gen=gen)
+    batch["q"] = torch.cat([batch["q"], torch.randn_like(batch["q"])], dim=1)[:, :hq]
     assert_matches_reference(batch)
 
 
@@ -197,7 +203,10 @@ def test_prefill_spanning_query_tiles(dtype):
 def test_large_tree_spanning_key_blocks():
     """A 100-node window over a short prefix: window keys span two key blocks."""
     gen = torch.Generator().manual_seed(3)
-    seqs = [Seq(9, 90, tree_parents("random", 100, gen)), Seq(64, 40, tree_parents("deep", 40, gen))]
+    seqs = [
+        Seq(9, 90, tree_parents("random", 100, gen)),
+        Seq(64, 40, tree_parents("deep", 40, gen)),
+    ]
     batch = make_batch(seqs, page=32, hq=4, hkv=2, d=16, dtype=torch.float16, gen=gen)
     assert_matches_reference(batch)
 
@@ -208,15 +217,16 @@ def test_query_that_sees_no_key_returns_zeros():
     seqs = [Seq(0, 2, (-1, 0)), Seq(4, 1, (-1,))]
     batch = make_batch(seqs, page=16, hq=2, hkv=1, d=16, dtype=torch.float32, gen=gen)
     batch["tree_mask"][0] = False
-    out = ATTN.tree_attention(**batch)
+    out = attn.tree_attention(**batch)
     assert torch.equal(out[0], torch.zeros_like(out[0]))
-    torch.testing.assert_close(out[1:], ATTN.tree_attention_ref(**batch)[1:])
+    torch.testing.assert_close(out[1:], attn.tree_attention_ref(**batch)[1:])
 
 
 def test_no_queries_returns_empty():
     gen = torch.Generator().manual_seed(0)
-    batch = make_batch([Seq(5, 0), Seq(3, 0)], page=4, hq=2, hkv=1, d=16, dtype=torch.float16, gen=gen)
-    assert ATTN.tree_attention(**batch).shape == (0, 2, 16)
+    seqs = [Seq(5, 0), Seq(3, 0)]
+    batch = make_batch(seqs, page=4, hq=2, hkv=1, d=16, dtype=torch.float16, gen=gen)
+    assert attn.tree_attention(**batch).shape == (0, 2, 16)
 
 
 def _corrupt(batch, key, value):
@@ -231,7 +241,7 @@ def _corrupt(batch, key, value):
         (lambda b: _corrupt(b, "q", b["q"].double()), "not fp16, bf16 or fp32"),
         (lambda b: _corrupt(b, "tree_lens", None), "together"),
         (lambda b: _corrupt(b, "tree_mask", b["tree_mask"].int()), "bool"),
-        (lambda b: _corrupt(b, "q", b["q"].transpose(1, 2).contiguous().transpose(1, 2)), "last dim"),
+        (lambda b: _corrupt(b, "q", b["q"].mT.contiguous().mT), "last dim"),
         (lambda b: _corrupt(b, "q", b["q"][:, :3]), "multiple of KV heads"),
         (lambda b: _corrupt(b, "cu_seqlens_q", b["cu_seqlens_q"][:-1]), "cu_seqlens_q"),
     ],
@@ -241,7 +251,7 @@ def test_launcher_rejects_bad_inputs(change, message):
     seqs = [Seq(3, 2, (-1, 0)), Seq(1, 1, (-1,))]
     batch = make_batch(seqs, page=4, hq=4, hkv=2, d=16, dtype=torch.float32, gen=gen)
     with pytest.raises(ValueError, match=message):
-        ATTN.tree_attention(**change(batch))
+        attn.tree_attention(**change(batch))
 
 
 # ----------------------------------------------------------------------------- paged KV
@@ -261,8 +271,8 @@ def test_write_kv_matches_reference(dtype, page):
     v = kv[:, hkv * d : 2 * hkv * d].view(t, hkv, d)
     slots = torch.randperm(num_blocks * page, generator=gen)[:t].to(DEVICE)
     expect_k, expect_v = k_cache.clone(), v_cache.clone()
-    PAGED.write_kv_ref(expect_k, expect_v, k, v, slots)
-    PAGED.write_kv(k_cache, v_cache, k, v, slots)
+    paged.write_kv_ref(expect_k, expect_v, k, v, slots)
+    paged.write_kv(k_cache, v_cache, k, v, slots)
     assert torch.equal(k_cache, expect_k) and torch.equal(v_cache, expect_v)
 
 
@@ -270,7 +280,7 @@ def test_write_kv_nothing_to_write():
     cache = torch.randn(2, 4, 1, 16, device=DEVICE)
     before = cache.clone()
     empty = torch.empty(0, 1, 16, device=DEVICE)
-    PAGED.write_kv(cache, cache, empty, empty, torch.empty(0, dtype=torch.int64, device=DEVICE))
+    paged.write_kv(cache, cache, empty, empty, torch.empty(0, dtype=torch.int64, device=DEVICE))
     assert torch.equal(cache, before)
 
 
@@ -305,8 +315,8 @@ def test_commit_kv_matches_reference(dtype, page):
     kv_cache = torch.randn(layers, 2, num_slots // page, page, hkv, d, generator=gen)
     kv_cache = kv_cache.to(dtype).to(DEVICE)
     expect = kv_cache.clone()
-    PAGED.commit_kv_ref(expect, src, dst)
-    PAGED.commit_kv(kv_cache, src, dst)
+    paged.commit_kv_ref(expect, src, dst)
+    paged.commit_kv(kv_cache, src, dst)
     assert torch.equal(kv_cache, expect)
 
 
@@ -316,8 +326,8 @@ def test_commit_kv_reads_every_source_before_writing():
     src = torch.tensor([0, 5, 7, 8, 9], device=DEVICE)
     dst = torch.tensor([5, 0, 8, 9, 7], device=DEVICE)
     expect = kv_cache.clone()
-    PAGED.commit_kv_ref(expect, src, dst)
-    PAGED.commit_kv(kv_cache, src, dst)
+    paged.commit_kv_ref(expect, src, dst)
+    paged.commit_kv(kv_cache, src, dst)
     assert torch.equal(kv_cache, expect)
 
 
@@ -325,12 +335,12 @@ def test_paged_kv_rejects_bad_inputs():
     kv_cache = torch.zeros(1, 2, 2, 4, 1, 16, device=DEVICE)
     slots = torch.tensor([1, 2], device=DEVICE)
     with pytest.raises(ValueError, match="int64"):
-        PAGED.commit_kv(kv_cache, slots.int(), slots.int())
+        paged.commit_kv(kv_cache, slots.int(), slots.int())
     with pytest.raises(ValueError, match="contiguous"):
-        PAGED.commit_kv(kv_cache.transpose(2, 3), slots, slots)
+        paged.commit_kv(kv_cache.transpose(2, 3), slots, slots)
     k = torch.zeros(2, 1, 16, device=DEVICE)
     with pytest.raises(ValueError, match="share a dtype"):
-        PAGED.write_kv(kv_cache[0, 0], kv_cache[0, 1], k.half(), k.half(), slots)
+        paged.write_kv(kv_cache[0, 0], kv_cache[0, 1], k.half(), k.half(), slots)
 
 
 # ----------------------------------------------------------------------------- compiled kernels
@@ -363,7 +373,7 @@ print("compiled")
 
 @pytest.mark.skipif(
     "constexprs" not in inspect.signature(triton.compiler.ASTSource).parameters,
-    reason="uses the ahead-of-time compile API of triton >= 3.4",
+    reason="this triton has another ahead-of-time compile API (ASTSource without constexprs)",
 )
 def test_kernels_compile_for_hopper():
     """The interpreter accepts code the compiler rejects: lower the kernels to sm_90 machine code
@@ -408,9 +418,10 @@ def test_gpu_decoding_and_prefill(dtype):
 @gpu
 def test_gpu_commit_kv_at_serving_shape():
     gen = torch.Generator().manual_seed(2)
-    src, dst, num_slots = path_commits([2048 + b for b in range(32)], tree_size=64, page=16, gen=gen)
+    prefixes = [2048 + b for b in range(32)]
+    src, dst, num_slots = path_commits(prefixes, tree_size=64, page=16, gen=gen)
     kv_cache = torch.randn(4, 2, num_slots // 16, 16, 8, 128, dtype=torch.float16, device=DEVICE)
     expect = kv_cache.clone()
-    PAGED.commit_kv_ref(expect, src, dst)
-    PAGED.commit_kv(kv_cache, src, dst)
+    paged.commit_kv_ref(expect, src, dst)
+    paged.commit_kv(kv_cache, src, dst)
     assert torch.equal(kv_cache, expect)

@@ -14,7 +14,7 @@ pass must move (K/V of every visible key, Q, the output) over its time, set besi
 copy bandwidth (a large device-to-device copy, read + write). ``write_kv`` and ``commit_kv`` are
 timed at the same shapes. Results go to a JSON file with the device, versions and git commit.
 
-    python benchmarks/kernels.py --out benchmarks/results/kernels-h100.json
+    python benchmarks/kernel_attention.py --out benchmarks/results/kernels-h100.json
 
 Without CUDA it refuses, unless ``--smoke``: one tiny case under Triton's interpreter, checking
 that the kernel, the reference and the SDPA baseline agree (no timings).
@@ -33,8 +33,6 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
-# Run as a script, sys.path[0] is benchmarks/, where this file would shadow the ``kernels`` package.
-sys.path[0] = str(REPO)
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -201,7 +199,8 @@ def run_cuda(args) -> dict:
 
 
 def _summary(row: dict) -> str:
-    times = "  ".join(f"{n} {row[f'{n}_ms']:8.3f} ms" for n in ("triton", "reference", "sdpa_dense"))
+    names = ("triton", "reference", "sdpa_dense")
+    times = "  ".join(f"{n} {row[f'{n}_ms']:8.3f} ms" for n in names)
     return (f"{row['mode']:6s} prefix {row['prefix']:5d}  {times}  triton "
             f"{row['triton_gbps']:7.1f} GB/s ({100 * row['triton_of_copy_bw']:.0f}% of copy)")
 
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
         if not args.smoke:
-            print("benchmarks/kernels.py times CUDA kernels and found no CUDA device; "
+            print("benchmarks/kernel_attention.py times CUDA kernels and found no CUDA device; "
                   "nothing measured (--smoke runs a tiny interpreter check).", file=sys.stderr)
             return 1
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are imported
