@@ -32,7 +32,12 @@ def _torch_backend() -> KernelBackend:
     return KernelBackend("torch", tree_attention_ref, write_kv_ref, commit_kv_ref)
 
 
-def _triton_backend() -> KernelBackend:
+def _triton_backend(device: torch.device) -> KernelBackend:
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"the triton kernel backend needs a CUDA device; on {device.type} set "
+            "TRITON_INTERPRET=1 (before start-up) to run it under Triton's interpreter"
+        )
     try:
         from kernels.paged_kv import commit_kv, write_kv  # type: ignore[attr-defined]
         from kernels.tree_attention import tree_attention  # type: ignore[attr-defined]
@@ -49,10 +54,10 @@ def select_backend(name: str, device: torch.device) -> KernelBackend:
     if name == "torch":
         return _torch_backend()
     if name == "triton":
-        return _triton_backend()
+        return _triton_backend(device)
     if device.type == "cuda":
         try:
-            return _triton_backend()
+            return _triton_backend(device)
         except RuntimeError:
             return _torch_backend()
     return _torch_backend()

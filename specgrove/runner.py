@@ -35,6 +35,17 @@ class ForwardItem:
     all_logits: bool = False  # logits for every token, else only the last
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    """Device tensors of one forward, everything a rank needs to run it."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64 RoPE positions
+    meta: AttentionMetadata
+    logit_rows: torch.Tensor  # [R] int64 rows of the hidden states that get logits
+    bounds: tuple[int, ...]  # item i owns logits rows bounds[i]:bounds[i+1]
+
+
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, kv: KVCacheConfig, device: torch.device) -> None:
         cfg = model.config
@@ -57,19 +68,23 @@ class ModelRunner:
         """Reserve slots, run one batched forward, return logits per item ([n or 1, V])."""
         for item in items:
             self.blocks.reserve(item.seq_id, item.tree_offset + len(item.token_ids))
-        meta = self._metadata(items)
-        ids = torch.tensor([t for it in items for t in it.token_ids], device=self.device)
-        pos = torch.tensor([p for it in items for p in it.positions], device=self.device)
-        hidden = self.model(ids, pos, self.kv_cache, meta)
-        rows, bounds = [], [0]
-        start = 0
-        for it in items:
-            n = len(it.token_ids)
-            rows.extend(range(start, start + n) if it.all_logits else [start + n - 1])
-            bounds.append(len(rows))
-            start += n
-        logits = self.model.logits(hidden[torch.tensor(rows, device=self.device)])
-        return [logits[bounds[i] : bounds[i + 1]] for i in range(len(items))]
+        batch = self._prepare(items)
+        logits = self.execute(batch)
+        b = batch.bounds
+        return [logits[b[i] : b[i + 1]] for i in range(len(items))]
+
+    def execute(self, batch: PreparedBatch) -> torch.Tensor:
+        """Run the model on a prepared batch: logits of the selected rows, [R, V].
+
+        The only step a tensor-parallel rank needs besides ``apply_copies``: rank 0 prepares,
+        every rank executes the same batch on its own shard.
+        """
+        hidden = self.model(batch.input_ids, batch.positions, self.kv_cache, batch.meta)
+        return self.model.logits(hidden[batch.logit_rows])
+
+    def apply_copies(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy K/V slots in every layer (a commit plan); src, dst: [C] int64."""
+        self._backend.commit_kv(self.kv_cache, src, dst)
 
     def commit(self, seq_id: int, num_tokens: int, path: Sequence[int] | None = None) -> None:
         self.commit_many([(seq_id, num_tokens, path)])
@@ -84,7 +99,23 @@ class ModelRunner:
             dst += plan.dst_slots
         if src:
             as_tensor = lambda x: torch.tensor(x, dtype=torch.int64, device=self.device)
-            self._backend.commit_kv(self.kv_cache, as_tensor(src), as_tensor(dst))
+            self.apply_copies(as_tensor(src), as_tensor(dst))
+
+    def _prepare(self, items: Sequence[ForwardItem]) -> PreparedBatch:
+        dev = self.device
+        rows, bounds, start = [], [0], 0
+        for it in items:
+            n = len(it.token_ids)
+            rows.extend(range(start, start + n) if it.all_logits else [start + n - 1])
+            bounds.append(len(rows))
+            start += n
+        return PreparedBatch(
+            input_ids=torch.tensor([t for it in items for t in it.token_ids], device=dev),
+            positions=torch.tensor([p for it in items for p in it.positions], device=dev),
+            meta=self._metadata(items),
+            logit_rows=torch.tensor(rows, device=dev),
+            bounds=tuple(bounds),
+        )
 
     def _metadata(self, items: Sequence[ForwardItem]) -> AttentionMetadata:
         bm = self.blocks
@@ -133,12 +164,15 @@ class ModelRunner:
 
 def load_runner(
     name_or_path: str, dtype: torch.dtype, device: torch.device, kv: KVCacheConfig,
-    backend: str = "auto",
+    backend: str = "auto", tp=None,
 ) -> ModelRunner:
-    """Resolve a model name or path, build our model with the chosen kernels, allocate its KV."""
+    """Resolve a model name or path, build our model with the chosen kernels, allocate its KV.
+
+    ``tp`` (a :class:`specgrove.modeling.parallel.TPGroup`) loads only this rank's shards.
+    """
     from kernels.backend import select_backend
     from specgrove.modeling.loader import build_model, resolve_model
 
     path = resolve_model(name_or_path)
-    model = build_model(path, dtype, device, select_backend(backend, device))
+    model = build_model(path, dtype, device, select_backend(backend, device), tp=tp)
     return ModelRunner(model, kv, device)

@@ -97,9 +97,11 @@ class TargetEngine:
         forward = []
         for it in items:
             base = bm.committed_len(it.seq_id)
+            # A root-only tree (plain decoding) is causal: no mask, the fast attention path.
+            mask = it.tree.ancestor_mask() if len(it.tree) > 1 else None
             forward.append(ForwardItem(
                 it.seq_id, it.tree.token_ids, it.tree.positions(base),
-                tree_mask=it.tree.ancestor_mask(), all_logits=True,
+                tree_mask=mask, all_logits=True,
             ))
         try:
             logits = self.runner.forward(forward)
