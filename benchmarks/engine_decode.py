@@ -64,7 +64,7 @@ def run(args) -> dict:
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     target = TargetEngine(load_runner(str(path), torch.float32, torch.device("cpu"),
                                       KVCacheConfig(16, 512)))
-    drafts = DraftEngine({"ngram": NgramDrafter()}, "ngram")
+    drafts = DraftEngine.of({"ngram": NgramDrafter()}, "ngram")
     ngram_budget = TreeBudget(max_nodes=args.ngram_nodes, max_depth=args.ngram_depth)
     rows = []
     seq = 0

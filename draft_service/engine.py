@@ -9,43 +9,55 @@ from collections import defaultdict
 from typing import Mapping, Sequence
 
 from draft_service.drafters.base import DraftInput, Drafter
-from specgrove.tree import TokenTree
-from specgrove.types import InvalidRequest, ProposeRequest
+from draft_service.registry import DrafterRegistry, RegistryEntry
+from specgrove.types import InvalidRequest, ProposeRequest, ProposeResult, UnknownSequence
 
 
 class DraftEngine:
-    def __init__(self, drafters: Mapping[str, Drafter], default: str) -> None:
-        if default not in drafters:
-            raise ValueError(f"default drafter {default!r} is not among {sorted(drafters)}")
-        self.drafters = dict(drafters)
-        self.default = default
+    def __init__(self, registry: DrafterRegistry) -> None:
+        self.registry = registry
         self._history: dict[int, list[int]] = {}
+
+    @staticmethod
+    def of(drafters: Mapping[str, Drafter], default: str) -> "DraftEngine":
+        return DraftEngine(DrafterRegistry.of(dict(drafters), default))
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self._history)
 
     def prefill(self, seq_id: int, token_ids: Sequence[int]) -> None:
         """Register a sequence with its prompt and first pending token."""
         if seq_id in self._history:
             raise InvalidRequest("seq_id", f"sequence {seq_id} already exists")
+        if not token_ids:
+            raise InvalidRequest("token_ids", f"sequence {seq_id} has no tokens")
         self._history[seq_id] = list(token_ids)
 
-    def propose(self, requests: Sequence[ProposeRequest]) -> list[TokenTree]:
+    def propose(self, requests: Sequence[ProposeRequest]) -> list[ProposeResult]:
         """Append each request's new tokens, then draft per drafter in one batch each."""
-        groups: dict[str, list[DraftInput]] = defaultdict(list)
-        for req in requests:
+        ids = [r.seq_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise InvalidRequest("seq_id", "duplicate sequence ids in one propose")
+        routes: list[RegistryEntry] = []
+        for req in requests:  # validate everything before any history changes
             if req.seq_id not in self._history:
-                raise KeyError(f"unknown sequence {req.seq_id}")
-            if req.drafter and req.drafter not in self.drafters:
-                raise InvalidRequest("drafter", f"unknown drafter {req.drafter!r}")
-        for req in requests:
+                raise UnknownSequence(f"unknown sequence {req.seq_id}")
+            routes.append(self.registry.resolve(req.drafter))
+        groups: dict[str, list[DraftInput]] = defaultdict(list)
+        entries: dict[str, RegistryEntry] = {}
+        for req, entry in zip(requests, routes):
             hist = self._history[req.seq_id]
             hist.extend(req.new_tokens)
-            groups[req.drafter or self.default].append(DraftInput(req.seq_id, hist, req.budget))
-        trees: dict[int, TokenTree] = {}
+            groups[entry.name].append(DraftInput(req.seq_id, hist, req.budget))
+            entries[entry.name] = entry
+        results: dict[int, ProposeResult] = {}
         for name, inputs in groups.items():
-            for inp, tree in zip(inputs, self.drafters[name].propose(inputs)):
-                trees[inp.seq_id] = tree
-        return [trees[req.seq_id] for req in requests]
+            for inp, tree in zip(inputs, entries[name].drafter.propose(inputs)):
+                results[inp.seq_id] = ProposeResult(inp.seq_id, tree, name)
+        return [results[req.seq_id] for req in requests]
 
     def release(self, seq_id: int) -> None:
         self._history.pop(seq_id, None)
-        for drafter in self.drafters.values():
-            drafter.release(seq_id)
+        for entry in self.registry.entries():
+            entry.drafter.release(seq_id)

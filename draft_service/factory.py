@@ -6,11 +6,12 @@ import torch
 from draft_service.drafters.model import ModelDrafter
 from draft_service.drafters.ngram import NgramDrafter
 from specgrove.runner import KVCacheConfig, load_runner
+from specgrove.types import InvalidRequest
 
 DRAFTER_KINDS = ("ngram", "model")
 
 
-class VocabularyMismatch(ValueError):
+class VocabularyMismatch(InvalidRequest):
     """A draft model whose vocabulary differs from the target's."""
 
 
@@ -27,7 +28,7 @@ def build_drafter(
         runner = load_runner(arg, dtype, device, kv, backend)
         if runner.config.vocab_size != target_vocab_size:
             raise VocabularyMismatch(
-                f"draft model {arg!r} has a vocabulary of {runner.config.vocab_size} tokens but the "
+                "spec", f"draft model {arg!r} has a vocabulary of {runner.config.vocab_size} tokens but the "
                 f"target has {target_vocab_size}; a drafter must share the target's tokenizer"
             )
         return ModelDrafter(runner)

@@ -10,6 +10,8 @@ import sys
 
 import click
 
+from specgrove import serve_cmds
+
 
 @click.group()
 @click.version_option(package_name="specgrove")
@@ -59,6 +61,42 @@ def generate(**opts) -> None:
             f"tau={result['mean_acceptance_length']:.2f}, {result['tokens_per_second']:.1f} tok/s]",
             err=True,
         )
+
+
+@main.command()
+@click.option("--target", default="smollm2-135m-instruct", show_default=True,
+              help="Model name or path (Hugging Face directory or .gguf file).")
+@click.option("--port", default=50051, show_default=True, type=int)
+@click.option("--max-num-seqs", default=256, show_default=True, type=int)
+@click.option("--max-tree-nodes", default=64, show_default=True, type=int)
+@click.option("--max-model-len", default=None, type=int, help="Cap the context [model's].")
+@serve_cmds.model_options
+def target(**opts) -> None:
+    """Run the target service (gRPC): prefill, batched tree verification, release."""
+    _serve(serve_cmds.run_target, opts)
+
+
+@main.command()
+@click.option("--target-vocab-from", default="smollm2-135m-instruct", show_default=True,
+              help="The target model whose vocabulary every drafter must share.")
+@click.option("--drafter", "drafters", multiple=True, metavar="NAME=KIND[:SPEC]",
+              help="A drafter to load, e.g. lookup=ngram or small=model:/path (repeatable) "
+                   "[lookup=ngram].")
+@click.option("--default", default="", help="The default drafter [the first one].")
+@click.option("--port", default=50052, show_default=True, type=int)
+@serve_cmds.model_options
+def draft(**opts) -> None:
+    """Run the draft service (gRPC): a hot-swappable registry of drafters."""
+    _serve(serve_cmds.run_draft, opts)
+
+
+def _serve(run, opts: dict) -> None:
+    try:
+        run(**opts)
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # noqa: BLE001 -- one clear line, never a traceback
+        _fail(exc)
 
 
 def _fail(exc: Exception) -> None:

@@ -57,7 +57,7 @@ def run_generate(opts: GenerateOptions) -> dict:
     spec = "ngram" if kind in ("ngram", "none") else f"model:{opts.draft_path}"
     drafter = build_drafter(spec, target.vocab_size, run.torch_dtype, run.torch_device, run.kv,
                             run.kernel_backend)
-    drafts = DraftEngine({kind: drafter}, kind)
+    drafts = DraftEngine.of({kind: drafter}, kind)
     prompt_ids = _encode(tokenizer, opts.prompt, opts.chat)
     stops = set(target.runner.config.eos_token_ids)
     if tokenizer.eos_token_id is not None:

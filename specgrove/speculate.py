@@ -87,7 +87,7 @@ def _step(target, drafts, reqs, outs, running, new_tokens) -> list[int]:
         room_ctx = target.max_model_len - target.committed_len(seq_id)
         budget = clamp_budget(r.budget, r.max_tokens - len(out.token_ids), room_ctx)
         proposals.append(ProposeRequest(seq_id, new_tokens[seq_id], budget, r.drafter))
-    trees: list[TokenTree] = drafts.propose(proposals)
+    trees: list[TokenTree] = [r.tree for r in drafts.propose(proposals)]
     results = target.verify([VerifyItem(s, t) for s, t in zip(running, trees)])
     still = []
     for seq_id, tree, res in zip(running, trees, results):

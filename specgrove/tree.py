@@ -37,6 +37,19 @@ class TokenTree:
     def chain(token_ids: Sequence[int]) -> "TokenTree":
         return TokenTree(tuple(token_ids), tuple(range(-1, len(token_ids) - 1)))
 
+    @staticmethod
+    def from_pb(msg) -> "TokenTree":
+        """From a ``specgrove.v1.TokenTree``; raises TreeError if it is malformed."""
+        scores = tuple(msg.scores) if len(msg.scores) else None
+        return TokenTree(tuple(msg.token_ids), tuple(msg.parents), scores)
+
+    def to_pb(self):
+        from specgrove.pb.v1 import common_pb2
+
+        return common_pb2.TokenTree(
+            token_ids=self.token_ids, parents=self.parents, scores=self.scores or ()
+        )
+
     def __len__(self) -> int:
         return len(self.token_ids)
 

@@ -1,7 +1,7 @@
-"""One dataclass per wire concept (torch-free).
+"""One dataclass per wire concept (torch-free), each with ``from_pb`` / ``to_pb``.
 
-These are the objects that cross every service boundary; the gRPC issue adds ``from_pb`` /
-``to_pb`` to each. One object per phase of a step: ``PrefillRequest`` -> ``PrefillResult``,
+These are the objects that cross every service boundary; protobuf messages never leave the
+servicers and clients. One object per phase of a step: ``PrefillRequest`` -> ``PrefillResult``,
 ``ProposeRequest`` -> ``ProposeResult`` (a tree per sequence) -> ``VerifyItem`` ->
 ``VerifyResult``.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from specgrove.pb.v1 import common_pb2, draft_pb2, target_pb2
 from specgrove.tree import TokenTree
 
 
@@ -18,6 +19,13 @@ class InvalidRequest(ValueError):
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
         self.field = field_name
+
+
+class UnknownSequence(KeyError):
+    """A sequence id the service does not hold (maps to NOT_FOUND)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of its argument
+        return str(self.args[0]) if self.args else "unknown sequence"
 
 
 @dataclass(frozen=True)
@@ -36,10 +44,22 @@ class SamplingParams:
             raise InvalidRequest("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise InvalidRequest("top_k", f"must be >= 0, got {self.top_k}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InvalidRequest("seed", f"must be in [0, 2^63), got {self.seed}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @staticmethod
+    def from_pb(msg: common_pb2.SamplingParams) -> "SamplingParams":
+        seed = msg.seed if msg.HasField("seed") else None
+        return SamplingParams(msg.temperature, msg.top_p, msg.top_k, seed)
+
+    def to_pb(self) -> common_pb2.SamplingParams:
+        return common_pb2.SamplingParams(
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +76,12 @@ class TreeBudget:
     max_depth: int = 0
     top_k: int = 4
 
+    def __post_init__(self) -> None:
+        if any(b < 1 for b in self.branching):
+            raise InvalidRequest("tree", "every depth of a static shape needs >= 1 child")
+        if self.max_nodes < 1 or self.max_depth < 0 or self.top_k < 1:
+            raise InvalidRequest("tree", "need max_nodes >= 1, max_depth >= 0, top_k >= 1")
+
     @staticmethod
     def off() -> "TreeBudget":
         return TreeBudget()
@@ -66,7 +92,18 @@ class TreeBudget:
 
     @property
     def depth(self) -> int:
-        return len(self.branching) if self.branching else self.max_depth
+        if self.branching:
+            return len(self.branching)
+        return self.max_depth if self.max_nodes > 1 else 0
+
+    @staticmethod
+    def from_pb(msg: common_pb2.TreeBudget) -> "TreeBudget":
+        return TreeBudget(tuple(msg.branching), max(msg.max_nodes, 1), msg.max_depth,
+                          msg.top_k or 4)
+
+    def to_pb(self) -> common_pb2.TreeBudget:
+        return common_pb2.TreeBudget(branching=self.branching, max_nodes=self.max_nodes,
+                                     max_depth=self.max_depth, top_k=self.top_k)
 
 
 @dataclass(frozen=True)
@@ -75,11 +112,26 @@ class PrefillRequest:
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams = SamplingParams()
 
+    @staticmethod
+    def from_pb(msg: target_pb2.PrefillRequest) -> "PrefillRequest":
+        return PrefillRequest(msg.seq_id, tuple(msg.prompt_ids), SamplingParams.from_pb(msg.sampling))
+
+    def to_pb(self) -> target_pb2.PrefillRequest:
+        return target_pb2.PrefillRequest(seq_id=self.seq_id, prompt_ids=self.prompt_ids,
+                                         sampling=self.sampling.to_pb())
+
 
 @dataclass(frozen=True)
 class PrefillResult:
     seq_id: int
     first_token: int  # the pending token: sampled, not yet run through the target
+
+    @staticmethod
+    def from_pb(msg: target_pb2.PrefillResult) -> "PrefillResult":
+        return PrefillResult(msg.seq_id, msg.first_token)
+
+    def to_pb(self) -> target_pb2.PrefillResult:
+        return target_pb2.PrefillResult(seq_id=self.seq_id, first_token=self.first_token)
 
 
 @dataclass(frozen=True)
@@ -89,11 +141,42 @@ class ProposeRequest:
     budget: TreeBudget
     drafter: str = ""
 
+    @staticmethod
+    def from_pb(msg: draft_pb2.ProposeRequest) -> "ProposeRequest":
+        return ProposeRequest(msg.seq_id, tuple(msg.new_tokens), TreeBudget.from_pb(msg.budget),
+                              msg.drafter)
+
+    def to_pb(self) -> draft_pb2.ProposeRequest:
+        return draft_pb2.ProposeRequest(seq_id=self.seq_id, new_tokens=self.new_tokens,
+                                        budget=self.budget.to_pb(), drafter=self.drafter)
+
+
+@dataclass(frozen=True)
+class ProposeResult:
+    seq_id: int
+    tree: TokenTree
+    drafter: str  # the drafter that actually drafted (the effective setting)
+
+    @staticmethod
+    def from_pb(msg: draft_pb2.ProposeResult) -> "ProposeResult":
+        return ProposeResult(msg.seq_id, TokenTree.from_pb(msg.tree), msg.drafter)
+
+    def to_pb(self) -> draft_pb2.ProposeResult:
+        return draft_pb2.ProposeResult(seq_id=self.seq_id, tree=self.tree.to_pb(),
+                                       drafter=self.drafter)
+
 
 @dataclass(frozen=True)
 class VerifyItem:
     seq_id: int
     tree: TokenTree  # rooted at the sequence's pending token
+
+    @staticmethod
+    def from_pb(msg: target_pb2.VerifyItem) -> "VerifyItem":
+        return VerifyItem(msg.seq_id, TokenTree.from_pb(msg.tree))
+
+    def to_pb(self) -> target_pb2.VerifyItem:
+        return target_pb2.VerifyItem(seq_id=self.seq_id, tree=self.tree.to_pb())
 
 
 @dataclass(frozen=True)
@@ -107,3 +190,53 @@ class VerifyResult:
     def new_tokens(self) -> tuple[int, ...]:
         """Tokens this step adds to the output: accepted + bonus (acceptance length tau)."""
         return self.accepted_tokens + (self.bonus_token,)
+
+    @staticmethod
+    def from_pb(msg: target_pb2.VerifyResult) -> "VerifyResult":
+        return VerifyResult(msg.seq_id, tuple(msg.accepted_tokens), msg.bonus_token,
+                            tuple(msg.accepted_nodes))
+
+    def to_pb(self) -> target_pb2.VerifyResult:
+        return target_pb2.VerifyResult(
+            seq_id=self.seq_id, accepted_tokens=self.accepted_tokens,
+            bonus_token=self.bonus_token, accepted_nodes=self.accepted_nodes,
+        )
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    model: str
+    vocab_size: int
+    max_model_len: int
+    block_size: int
+    total_blocks: int
+    free_blocks: int
+    tp_size: int
+    eos_token_ids: tuple[int, ...]
+    max_num_seqs: int
+    max_tree_nodes: int
+    dtype: str
+
+    @staticmethod
+    def from_pb(msg: target_pb2.TargetInfo) -> "TargetInfo":
+        return TargetInfo(msg.model, msg.vocab_size, msg.max_model_len, msg.block_size,
+                          msg.total_blocks, msg.free_blocks, msg.tp_size, tuple(msg.eos_token_ids),
+                          msg.max_num_seqs, msg.max_tree_nodes, msg.dtype)
+
+    def to_pb(self) -> target_pb2.TargetInfo:
+        return target_pb2.TargetInfo(**self.__dict__)
+
+
+@dataclass(frozen=True)
+class DrafterInfo:
+    name: str
+    kind: str
+    spec: str
+    is_default: bool
+
+    @staticmethod
+    def from_pb(msg: draft_pb2.DrafterInfo) -> "DrafterInfo":
+        return DrafterInfo(msg.name, msg.kind, msg.spec, msg.is_default)
+
+    def to_pb(self) -> draft_pb2.DrafterInfo:
+        return draft_pb2.DrafterInfo(**self.__dict__)

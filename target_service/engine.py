@@ -22,13 +22,10 @@ from specgrove.types import (
     PrefillRequest,
     PrefillResult,
     SamplingParams,
+    UnknownSequence,
     VerifyItem,
     VerifyResult,
 )
-
-
-class UnknownSequence(KeyError):
-    """A sequence id the engine does not hold (maps to NOT_FOUND)."""
 
 
 @dataclass
@@ -57,6 +54,10 @@ class TargetEngine:
     def capacity(self) -> EngineCapacity:
         bm = self.runner.blocks
         return EngineCapacity(bm.num_blocks, bm.num_free_blocks, bm.block_size, self.max_model_len)
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self._seqs)
 
     def has_sequence(self, seq_id: int) -> bool:
         return seq_id in self._seqs

@@ -30,4 +30,4 @@ def draft_engine(draft_path: Path | None = None, **kw) -> DraftEngine:
     drafters = {"ngram": NgramDrafter()}
     if draft_path is not None:
         drafters["model"] = ModelDrafter(runner(draft_path, **kw))
-    return DraftEngine(drafters, "ngram")
+    return DraftEngine.of(drafters, "ngram")

@@ -1,0 +1,100 @@
+"""The draft service process: a grpc.aio server over the drafter registry."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from draft_service.engine import DraftEngine
+from draft_service.factory import build_drafter
+from draft_service.registry import DrafterRegistry
+from draft_service.servicer import DraftServicer
+from specgrove.config import ModelRunConfig
+from specgrove.modeling.loader import load_config, resolve_model
+from specgrove.pb.v1 import draft_pb2, draft_pb2_grpc
+from specgrove.service import GrpcService, run_until_signal
+from specgrove.types import InvalidRequest
+
+log = logging.getLogger("specgrove.draft")
+SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
+
+
+@dataclass(frozen=True)
+class DraftServerConfig:
+    target_vocab_from: str  # a model name or path whose vocabulary every drafter must share
+    drafters: tuple[tuple[str, str], ...] = (("ngram", "ngram"),)  # (name, KIND[:SPEC])
+    default: str = ""
+    run: ModelRunConfig = ModelRunConfig("")  # dtype / device / kernels / KV of model drafters
+    host: str = "127.0.0.1"
+    port: int = 50052
+    grace_s: float = 10.0
+
+
+def parse_drafter_option(text: str) -> tuple[str, str]:
+    """``NAME=KIND[:SPEC]`` -> (name, spec)."""
+    name, sep, spec = text.partition("=")
+    if not sep or not name or not spec:
+        raise InvalidRequest("drafter", f"expected NAME=KIND[:SPEC], got {text!r}")
+    return name, spec
+
+
+def target_vocab_size(name_or_path: str) -> int:
+    return load_config(resolve_model(name_or_path)).vocab_size
+
+
+class DraftServer:
+    def __init__(self, cfg: DraftServerConfig, vocab_size: int) -> None:
+        self.cfg = cfg
+        self.grpc = GrpcService([SERVICE_NAME])
+        self.servicer = DraftServicer(vocab_size)
+        draft_pb2_grpc.add_DraftServiceServicer_to_server(self.servicer, self.grpc.server)
+        self.port = 0
+        self._loaded: asyncio.Future | None = None
+
+    def _builder(self, spec: str):
+        run = self.cfg.run
+        try:
+            return build_drafter(spec, self.servicer.vocab_size, run.torch_dtype, run.torch_device,
+                                 run.kv, run.kernel_backend)
+        except ValueError as exc:  # bad spec, unknown model, vocabulary mismatch
+            raise InvalidRequest("spec", str(exc)) from exc
+
+    def _build_registry(self) -> DrafterRegistry:
+        registry = DrafterRegistry(self._builder)
+        default = self.cfg.default or self.cfg.drafters[0][0]
+        for name, spec in self.cfg.drafters:
+            registry.add(registry.build(name, spec), make_default=name == default)
+        if registry.default != default:
+            raise InvalidRequest("default", f"no drafter named {default!r} was given")
+        return registry
+
+    async def start(self) -> int:
+        self.port = await self.grpc.start(self.cfg.host, self.cfg.port)
+        self._loaded = asyncio.ensure_future(self._load())
+        return self.port
+
+    async def _load(self) -> None:
+        registry = await self.servicer.loader.run(self._build_registry)
+        self.servicer.engine = DraftEngine(registry)
+        await self.grpc.set_serving()
+        log.info("draft service serving on %s:%d with %s", self.cfg.host, self.port,
+                 [i.name for i in registry.list()])
+
+    async def wait_ready(self) -> None:
+        assert self._loaded is not None, "start() first"
+        await asyncio.shield(self._loaded)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.cancel()
+        await self.grpc.stop(self.cfg.grace_s if grace_s is None else grace_s)
+        self.servicer.shutdown()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await self.wait_ready()
+        except BaseException:
+            await self.stop(0)
+            raise
+        await run_until_signal(self.stop, self.grpc.server.wait_for_termination())

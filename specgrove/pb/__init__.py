@@ -1,0 +1,1 @@
+"""Protobuf / gRPC stubs generated from proto/ (committed; a test regenerates and diffs)."""

@@ -1,0 +1,55 @@
+"""``specgrove target`` and ``specgrove draft``: run one gRPC service in this process."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import click
+
+from specgrove.config import ModelRunConfig
+from specgrove.runner import KVCacheConfig
+
+COMMON_MODEL_OPTIONS = [
+    click.option("--host", default="127.0.0.1", show_default=True),
+    click.option("--dtype", default="float32", show_default=True,
+                 type=click.Choice(["float32", "bfloat16", "float16", "float64"])),
+    click.option("--device", default="auto", show_default=True),
+    click.option("--kernels", "kernel_backend", default="auto", show_default=True,
+                 type=click.Choice(["auto", "torch", "triton"])),
+    click.option("--block-size", default=16, show_default=True, type=int),
+    click.option("--kv-blocks", default=2048, show_default=True, type=int,
+                 help="KV cache size in blocks of --block-size tokens."),
+    click.option("--log-level", default="INFO", show_default=True),
+]
+
+
+def model_options(fn):
+    for opt in reversed(COMMON_MODEL_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def _run_config(model: str, o: dict) -> ModelRunConfig:
+    return ModelRunConfig(model, o["dtype"], o["device"], o["kernel_backend"],
+                          KVCacheConfig(o["block_size"], o["kv_blocks"]))
+
+
+def run_target(target: str, port: int, max_num_seqs: int, max_tree_nodes: int,
+               max_model_len: int | None, **o) -> None:
+    from target_service.server import TargetServer, TargetServerConfig
+    from target_service.servicer import TargetLimits
+
+    logging.basicConfig(level=o["log_level"], format="%(asctime)s %(name)s %(message)s")
+    cfg = TargetServerConfig(_run_config(target, o), o["host"], port,
+                             TargetLimits(max_num_seqs, max_tree_nodes), max_model_len)
+    asyncio.run(TargetServer(cfg).serve_forever())
+
+
+def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, port: int, **o) -> None:
+    from draft_service.server import (DraftServer, DraftServerConfig, parse_drafter_option,
+                                      target_vocab_size)
+
+    logging.basicConfig(level=o["log_level"], format="%(asctime)s %(name)s %(message)s")
+    pairs = tuple(parse_drafter_option(d) for d in drafters) or (("ngram", "ngram"),)
+    cfg = DraftServerConfig(target_vocab_from, pairs, default, _run_config("", o), o["host"], port)
+    asyncio.run(DraftServer(cfg, target_vocab_size(target_vocab_from)).serve_forever())

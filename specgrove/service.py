@@ -1,0 +1,127 @@
+"""What the target and draft gRPC services share: server set-up, error mapping, lifecycle.
+
+Every servicer method runs engine work on one dedicated thread (the engines are not
+thread-safe, and the event loop must stay free for health checks and new calls). Exceptions map
+to status codes once, here: caller errors -> INVALID_ARGUMENT naming the field, unknown
+sequences -> NOT_FOUND, KV exhaustion -> RESOURCE_EXHAUSTED, not yet loaded -> UNAVAILABLE.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from typing import Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from specgrove.kv import KVCacheExhausted
+from specgrove.tree import TreeError
+from specgrove.types import InvalidRequest, UnknownSequence
+
+log = logging.getLogger("specgrove.service")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVER_OPTIONS = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+
+
+class NotReady(RuntimeError):
+    """The service is still loading its model."""
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, (InvalidRequest, TreeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, UnknownSequence):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, KVCacheExhausted):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, NotReady):
+        return grpc.StatusCode.UNAVAILABLE
+    return grpc.StatusCode.INTERNAL
+
+
+def rpc(method: Callable[..., Awaitable]):
+    """Decorate a servicer method: map exceptions to status codes with a clear message."""
+
+    @functools.wraps(method)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- every failure becomes a status
+            code = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method.__name__)
+            await context.abort(code, str(exc) or type(exc).__name__)
+
+    return wrapper
+
+
+class EngineThread:
+    """A single worker thread that runs all engine calls in order."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    async def run(self, fn: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class GrpcService:
+    """A grpc.aio server with health (NOT_SERVING until ready) and reflection."""
+
+    def __init__(self, service_names: Iterable[str]) -> None:
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.names = list(service_names)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            self.names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                          reflection.SERVICE_NAME], self.server)
+
+    async def start(self, host: str, port: int) -> int:
+        bound = self.server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        return bound
+
+    async def set_serving(self) -> None:
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float) -> None:
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace_s)
+
+    async def _set_all(self, status) -> None:
+        for name in ["", *self.names]:
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+
+async def run_until_signal(stop: Callable[[], Awaitable[None]], done: Awaitable) -> None:
+    """Wait for ``done``; on SIGTERM / SIGINT call ``stop`` (a graceful drain) first."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    waiter = asyncio.ensure_future(done)
+    signalled = asyncio.ensure_future(stopping.wait())
+    await asyncio.wait({waiter, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    if signalled.done():
+        log.info("signal received: draining")
+        await stop()
+    await waiter

@@ -1,0 +1,78 @@
+"""The target service process: a grpc.aio server over the target engine.
+
+The server listens at once with health NOT_SERVING, loads the model on the engine thread, then
+reports SERVING. SIGTERM stops admitting and lets calls in flight finish within the grace period.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from specgrove.config import ModelRunConfig
+from specgrove.pb.v1 import target_pb2, target_pb2_grpc
+from specgrove.runner import load_runner
+from specgrove.service import GrpcService, run_until_signal
+from target_service.engine import TargetEngine
+from target_service.servicer import TargetLimits, TargetServicer
+
+log = logging.getLogger("specgrove.target")
+SERVICE_NAME = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
+
+
+@dataclass(frozen=True)
+class TargetServerConfig:
+    run: ModelRunConfig
+    host: str = "127.0.0.1"
+    port: int = 50051
+    limits: TargetLimits = field(default_factory=TargetLimits)
+    max_model_len: int | None = None
+    grace_s: float = 10.0
+
+
+def build_engine(cfg: TargetServerConfig) -> TargetEngine:
+    run = cfg.run
+    runner = load_runner(run.model, run.torch_dtype, run.torch_device, run.kv, run.kernel_backend)
+    return TargetEngine(runner, cfg.max_model_len)
+
+
+class TargetServer:
+    def __init__(self, cfg: TargetServerConfig) -> None:
+        self.cfg = cfg
+        self.grpc = GrpcService([SERVICE_NAME])
+        self.servicer = TargetServicer(cfg.run.model, cfg.run.dtype, cfg.limits)
+        target_pb2_grpc.add_TargetServiceServicer_to_server(self.servicer, self.grpc.server)
+        self.port = 0
+        self._loaded: asyncio.Future | None = None
+
+    async def start(self) -> int:
+        """Listen (NOT_SERVING) and start loading the model; returns the bound port."""
+        self.port = await self.grpc.start(self.cfg.host, self.cfg.port)
+        self._loaded = asyncio.ensure_future(self._load())
+        return self.port
+
+    async def _load(self) -> None:
+        self.servicer.engine = await self.servicer.thread.run(build_engine, self.cfg)
+        await self.grpc.set_serving()
+        log.info("target %s serving on %s:%d", self.cfg.run.model, self.cfg.host, self.port)
+
+    async def wait_ready(self) -> None:
+        """Return once the model is loaded; raise the loading error if it failed."""
+        assert self._loaded is not None, "start() first"
+        await asyncio.shield(self._loaded)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        if self._loaded is not None and not self._loaded.done():
+            self._loaded.cancel()
+        await self.grpc.stop(self.cfg.grace_s if grace_s is None else grace_s)
+        self.servicer.thread.shutdown()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM / SIGINT (graceful) or a loading failure (raised)."""
+        await self.start()
+        try:
+            await self.wait_ready()
+        except BaseException:
+            await self.stop(0)
+            raise
+        await run_until_signal(self.stop, self.grpc.server.wait_for_termination())
