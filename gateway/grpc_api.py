@@ -1,0 +1,124 @@
+"""The gateway's gRPC API: ``Generate`` streams deltas; admin calls pass through to the draft
+service. Errors before the first message are statuses (INVALID_ARGUMENT, RESOURCE_EXHAUSTED,
+UNAVAILABLE); an error after streaming began ends the stream with an in-band ``error``."""
+from __future__ import annotations
+
+import grpc
+from pydantic import ValidationError
+
+from gateway.api_schema import (
+    ChatMessage, ChatRequest, CompletionRequest, SpeculationSpec, TreeSpec, invalid, job_spec,
+    prompt_ids_of,
+)
+from gateway.job import Delta, Failed, Finished, Job
+from gateway.orchestrator import Overloaded
+from gateway.state import GatewayState
+from specgrove.pb.v1 import gateway_pb2, gateway_pb2_grpc
+from specgrove.types import InvalidRequest, TreeBudget
+
+_STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+           503: grpc.StatusCode.UNAVAILABLE}
+
+
+def _as_request(msg: gateway_pb2.GenerateRequest):
+    """Map the proto onto the REST schema so both APIs share one validation path."""
+    s = msg.sampling
+    common = dict(model=msg.model, max_tokens=msg.max_tokens or None,
+                  temperature=s.temperature, top_p=s.top_p or 1.0, top_k=s.top_k,
+                  seed=s.seed if s.HasField("seed") else None, stop=list(msg.stop))
+    if msg.HasField("speculation"):
+        sp = msg.speculation
+        tree = None
+        if sp.HasField("tree"):
+            t = TreeBudget.from_pb(sp.tree)
+            tree = (",".join(map(str, t.branching)) if t.is_static
+                    else TreeSpec(nodes=t.max_nodes, depth=t.max_depth, top_k=t.top_k))
+        common["speculation"] = SpeculationSpec(drafter="none" if sp.off else (sp.drafter or None), tree=tree)
+    if msg.WhichOneof("input") == "messages":
+        return ChatRequest(messages=[ChatMessage(role=m.role, content=m.content)
+                                     for m in msg.messages.messages], **common)
+    return CompletionRequest(prompt=msg.prompt, **common)
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    def _submit(self, msg: gateway_pb2.GenerateRequest) -> Job:
+        st = self.state
+        try:
+            req = _as_request(msg)
+        except ValidationError as exc:
+            raise invalid(exc) from exc
+        if req.model and req.model != st.model_id:
+            raise InvalidRequest("model", f"unknown model {req.model!r}; this server serves {st.model_id!r}")
+        ids = prompt_ids_of(req, st.codec)
+        default_max = st.cfg.default_max_tokens if isinstance(req, CompletionRequest) else None
+        return st.submit(job_spec(req, ids, st.info, st.cfg.default_budget, st.drafters, default_max))
+
+    async def Generate(self, request, context: grpc.aio.ServicerContext):
+        try:
+            job = self._submit(request)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Overloaded as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        rid = request.request_id
+        try:
+            first = True
+            while True:
+                ev = await job.events.get()
+                if isinstance(ev, Failed):
+                    if first:
+                        await context.abort(_STATUS.get(ev.status, grpc.StatusCode.INTERNAL), ev.message)
+                    yield gateway_pb2.GenerateResponse(request_id=rid, error=ev.message)
+                    return
+                if isinstance(ev, Finished):
+                    yield self._last(job, rid, ev.reason)
+                    return
+                msg = gateway_pb2.GenerateResponse(request_id=rid, text=ev.text, token_ids=ev.token_ids,
+                                                   accepted_tokens=ev.accepted)
+                if first:
+                    b = job.spec.budget
+                    msg.effective.CopyFrom(gateway_pb2.EffectiveSpeculation(
+                        drafter=job.spec.drafter or ("none" if b.depth == 0 else "default"),
+                        tree=b.to_pb()))
+                    first = False
+                yield msg
+        finally:
+            job.cancel()  # the client cancelled or went away: leave the batch at the next step
+
+    def _last(self, job: Job, rid: str, reason: str) -> gateway_pb2.GenerateResponse:
+        st = job.stats
+        n_in, n_out = len(job.spec.prompt_ids), len(job.tokens)
+        return gateway_pb2.GenerateResponse(
+            request_id=rid, finish_reason=reason,
+            usage=gateway_pb2.Usage(prompt_tokens=n_in, completion_tokens=n_out, total_tokens=n_in + n_out),
+            speculation=gateway_pb2.SpeculationStats(
+                steps=st.steps, drafted_tokens=st.drafted_tokens, accepted_tokens=st.accepted_tokens,
+                mean_acceptance_length=st.mean_acceptance_length, max_batch_size=st.max_batch_size),
+            effective=gateway_pb2.EffectiveSpeculation(drafter=st.effective_drafter))
+
+    async def ListModels(self, request, context):
+        st = self.state
+        return gateway_pb2.ListModelsResponse(models=[gateway_pb2.ModelCard(
+            id=st.model_id, max_model_len=st.info.max_model_len, owned_by="specgrove")])
+
+    async def ListDrafters(self, request, context):
+        return await self._passthrough(context, self.state.draft.stub.ListDrafters, request)
+
+    async def LoadDrafter(self, request, context):
+        resp = await self._passthrough(context, self.state.draft.stub.LoadDrafter, request, 600)
+        await self.state.refresh_drafters()
+        return resp
+
+    async def UnloadDrafter(self, request, context):
+        resp = await self._passthrough(context, self.state.draft.stub.UnloadDrafter, request)
+        await self.state.refresh_drafters()
+        return resp
+
+    async def _passthrough(self, context, call, request, timeout: float | None = None):
+        try:
+            return await call(request, timeout=timeout or self.state.cfg.rpc_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), exc.details() or exc.code().name)

@@ -1,0 +1,182 @@
+"""OpenAI-compatible REST API: /v1/completions, /v1/chat/completions (SSE streaming),
+/v1/models, /health.
+
+Responses follow OpenAI's shapes; every response (and the last streamed chunk) also carries a
+``specgrove`` object with the request's speculation stats: steps, drafted_tokens,
+accepted_tokens, mean_acceptance_length, max_batch_size, and the effective drafter and tree.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from gateway.api_schema import ChatRequest, CompletionRequest, invalid, job_spec, prompt_ids_of
+from gateway.job import Delta, Failed, Finished, Job
+from gateway.orchestrator import Overloaded
+from gateway.state import GatewayState
+from specgrove.types import InvalidRequest
+
+
+def error(status: int, message: str, param: str | None = None, code: str | None = None,
+          headers: dict | None = None) -> JSONResponse:
+    kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
+            503: "service_unavailable"}.get(status, "server_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(state: GatewayState) -> FastAPI:
+    app = FastAPI(title="specgrove gateway", docs_url=None, redoc_url=None)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if state.cfg.api_keys and request.url.path.startswith("/v1/"):
+            auth = request.headers.get("authorization", "")
+            if auth.removeprefix("Bearer ").strip() not in state.cfg.api_keys:
+                return error(401, "missing or invalid API key", code="invalid_api_key")
+        size = request.headers.get("content-length")
+        if size and size.isdigit() and int(size) > state.cfg.max_body_bytes:
+            return error(400, f"request body of {size} bytes exceeds the limit of "
+                              f"{state.cfg.max_body_bytes}", code="body_too_large")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        ok = state.orchestrator.target_ok and not state.draining
+        return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": state.model_id, "object": "model",
+                                            "created": 0, "owned_by": "specgrove",
+                                            "max_model_len": state.info.max_model_len}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _generate(state, request, CompletionRequest)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        return await _generate(state, request, ChatRequest)
+
+    return app
+
+
+async def _parse(request: Request, model_cls, limit: int):
+    raw = await request.body()
+    if len(raw) > limit:
+        raise InvalidRequest("body", f"request body of {len(raw)} bytes exceeds the limit of {limit}")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("body", f"malformed JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("body", "the body must be a JSON object")
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        raise invalid(exc) from exc
+
+
+async def _generate(state: GatewayState, request: Request, model_cls):
+    try:
+        req = await _parse(request, model_cls, state.cfg.max_body_bytes)
+        if req.model != state.model_id:
+            return error(400, f"unknown model {req.model!r}; this server serves {state.model_id!r}",
+                         "model", "model_not_found")
+        ids = prompt_ids_of(req, state.codec)
+        default_max = state.cfg.default_max_tokens if model_cls is CompletionRequest else None
+        spec = job_spec(req, ids, state.info, state.cfg.default_budget, state.drafters, default_max)
+        job = state.submit(spec)
+    except InvalidRequest as exc:
+        return error(400, str(exc), exc.field)
+    except Overloaded as exc:
+        return error(429, str(exc), headers={"Retry-After": "1"})
+    chat = model_cls is ChatRequest
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    if req.stream:
+        usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(_sse(state, job, rid, chat, usage), media_type="text/event-stream")
+    return await _whole(state, job, rid, chat)
+
+
+def _stats(state: GatewayState, job: Job) -> dict:
+    st, b = job.stats, job.spec.budget
+    tree = ({"branching": list(b.branching)} if b.is_static
+            else {"nodes": b.max_nodes, "depth": b.max_depth, "top_k": b.top_k})
+    return {"steps": st.steps, "drafted_tokens": st.drafted_tokens,
+            "accepted_tokens": st.accepted_tokens,
+            "mean_acceptance_length": round(st.mean_acceptance_length, 4),
+            "max_batch_size": st.max_batch_size,
+            "drafter": st.effective_drafter or ("none" if b.depth == 0 else ""),
+            "tree": tree if b.depth else None}
+
+
+def _usage(job: Job) -> dict:
+    n_in, n_out = len(job.spec.prompt_ids), len(job.tokens)
+    return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+
+
+async def _whole(state: GatewayState, job: Job, rid: str, chat: bool):
+    text, reason = [], None
+    try:
+        while True:
+            ev = await job.events.get()
+            if isinstance(ev, Delta):
+                text.append(ev.text)
+            elif isinstance(ev, Finished):
+                reason = ev.reason
+                break
+            else:
+                return error(ev.status, ev.message)
+    finally:
+        job.cancel()  # no-op once finished; frees the sequence if this handler was cancelled
+    body = "".join(text)
+    choice = ({"index": 0, "message": {"role": "assistant", "content": body},
+               "finish_reason": reason, "logprobs": None} if chat else
+              {"index": 0, "text": body, "finish_reason": reason, "logprobs": None})
+    return {"id": rid, "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()), "model": state.model_id, "choices": [choice],
+            "usage": _usage(job), "specgrove": _stats(state, job)}
+
+
+async def _sse(state: GatewayState, job: Job, rid: str, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+    created, obj = int(time.time()), "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choices: list, **extra) -> str:
+        body = {"id": rid, "object": obj, "created": created, "model": state.model_id,
+                "choices": choices, **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    def choice(text: str | None, reason: str | None, first: bool = False) -> dict:
+        if chat:
+            delta = ({"role": "assistant", "content": text or ""} if first
+                     else ({"content": text} if text else {}))
+            return {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
+        return {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
+
+    try:
+        first = True
+        while True:
+            ev = await job.events.get()
+            if isinstance(ev, Delta):
+                if ev.text or first:
+                    yield chunk([choice(ev.text, None, first)])
+                    first = False
+            elif isinstance(ev, Finished):
+                yield chunk([choice(None, ev.reason)], specgrove=_stats(state, job))
+                if include_usage:
+                    yield chunk([], usage=_usage(job))
+                break
+            else:
+                yield f"data: {json.dumps({'error': {'message': ev.message, 'type': 'server_error', 'code': ev.status}})}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()  # a client that went away leaves the batch at the next step

@@ -1,0 +1,61 @@
+"""What the REST and gRPC front ends share: the orchestrator, the codec and the settings."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import grpc
+
+from gateway.job import JobSpec
+from gateway.orchestrator import Orchestrator, Overloaded, SchedulerConfig
+from gateway.text import TextCodec
+from specgrove.clients import DraftClient, TargetClient
+from specgrove.types import TargetInfo, TreeBudget
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    target: str  # host:port of the target service
+    draft: str  # host:port of the draft service
+    host: str = "127.0.0.1"
+    port: int = 8000
+    grpc_port: int = 50050
+    model_dir: str | None = None  # tokenizer location; default: the target's model
+    default_budget: TreeBudget = field(default_factory=lambda: TreeBudget(max_nodes=8, max_depth=4))
+    default_max_tokens: int = 16  # /v1/completions without max_tokens (OpenAI's default)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    api_keys: tuple[str, ...] = ()
+    max_body_bytes: int = 1 << 20
+    rpc_timeout_s: float = 30.0
+    grace_s: float = 30.0
+
+
+class GatewayState:
+    def __init__(self, cfg: GatewayConfig, target: TargetClient, draft: DraftClient,
+                 info: TargetInfo, codec: TextCodec) -> None:
+        self.cfg, self.target, self.draft, self.info, self.codec = cfg, target, draft, info, codec
+        self.orchestrator = Orchestrator(cfg.scheduler, target, draft, codec, info)
+        self.drafters: set[str] = set()
+        self.draining = False
+
+    @property
+    def model_id(self) -> str:
+        return self.info.model
+
+    async def refresh_drafters(self) -> None:
+        try:
+            self.drafters = {d.name for d in await self.draft.list_drafters()}
+        except grpc.aio.AioRpcError:
+            pass  # keep the last known list while the draft service is away
+
+    def submit(self, spec: JobSpec):
+        if self.draining:
+            raise Overloaded("the gateway is shutting down")
+        return self.orchestrator.submit(spec)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop admitting; give running work ``grace_s`` to finish."""
+        self.draining = True
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while not self.orchestrator.idle and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)

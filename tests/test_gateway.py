@@ -1,0 +1,243 @@
+"""The gateway over real target / draft gRPC servers, driven by real HTTP and gRPC clients."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import grpc
+import httpx
+import openai
+import pytest
+
+from draft_service.server import DraftServer, DraftServerConfig
+from gateway.orchestrator import SchedulerConfig
+from gateway.server import GatewayServer
+from gateway.state import GatewayConfig
+from gateway.text import TextCodec
+from specgrove.config import ModelRunConfig
+from specgrove.pb.v1 import common_pb2, draft_pb2, gateway_pb2, gateway_pb2_grpc
+from specgrove.runner import KVCacheConfig
+from specgrove.speculate import GenerationRequest, generate
+from specgrove.types import TreeBudget
+from target_service.server import TargetServer, TargetServerConfig
+from target_service.servicer import TargetLimits
+from tests.grpc_harness import ServerLoop
+from tests.helpers import draft_engine, target_engine
+
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_dirs):
+    loop = ServerLoop()
+    model = str(tiny_dirs["llama"])
+    run = ModelRunConfig(model, "float64", "cpu", "torch", KVCacheConfig(4, 1024))
+    draft_run = ModelRunConfig("", "float64", "cpu", "torch", KVCacheConfig(4, 1024))
+
+    async def start():
+        target = TargetServer(TargetServerConfig(run, port=0, limits=TargetLimits(64, 32), grace_s=1))
+        draft = DraftServer(DraftServerConfig(model, (("lookup", "ngram"), ("small", f"model:{tiny_dirs['draft']}")),
+                                              "lookup", draft_run, port=0, grace_s=1), 320)
+        tport, dport = await target.start(), await draft.start()
+        await target.wait_ready()
+        await draft.wait_ready()
+        gw = GatewayServer(GatewayConfig(
+            f"127.0.0.1:{tport}", f"127.0.0.1:{dport}", port=0, grpc_port=0,
+            default_budget=TreeBudget(max_nodes=6, max_depth=3),
+            scheduler=SchedulerConfig(max_batch=16, max_waiting=64), grace_s=1))
+        await gw.start()
+        return target, draft, gw
+
+    target, draft, gw = loop.run(start())
+    yield {"http": f"http://127.0.0.1:{gw.http_port}", "grpc": f"127.0.0.1:{gw.grpc_port}",
+           "model": model, "gw": gw, "loop": loop}
+    loop.run(gw.stop(0))
+    loop.run(target.stop(0))
+    loop.run(draft.stop(0))
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_dirs):
+    """In-process plain greedy decoding of a prompt's tokens, with the same stop token."""
+    codec = TextCodec(tiny_dirs["llama"])
+    engine, drafts = target_engine(tiny_dirs["llama"]), draft_engine()
+    counter = iter(range(10_000, 20_000))
+
+    def run(prompt_ids, max_tokens=MAX_TOKENS):
+        out = generate(engine, drafts, [GenerationRequest(next(counter), tuple(prompt_ids), max_tokens,
+                                                          stop_token_ids=(2,))])[0]
+        return out.token_ids, codec.decode([t for t in out.token_ids if t != 2])
+
+    return codec, run
+
+
+def _client(stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack["http"] + "/v1", api_key="unused", max_retries=0)
+
+
+def test_openai_client_completions_and_chat(stack, reference):
+    codec, run = reference
+    client = _client(stack)
+    prompt = "the quick brown fox"
+    _, want = run(codec.encode(prompt))
+    c = client.completions.create(model=stack["model"], prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
+    assert c.choices[0].text == want
+    assert c.usage.completion_tokens >= 1 and c.choices[0].finish_reason in ("stop", "length")
+    extra = c.model_extra["specgrove"]
+    assert extra["steps"] >= 1 and extra["mean_acceptance_length"] >= 1.0
+    chunks = list(client.completions.create(model=stack["model"], prompt=prompt, max_tokens=MAX_TOKENS,
+                                            temperature=0, stream=True))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == want
+    messages = [{"role": "user", "content": "hello world"}]
+    _, want_chat = run(codec.encode_chat(messages))
+    r = client.chat.completions.create(model=stack["model"], messages=messages, max_tokens=MAX_TOKENS,
+                                       temperature=0)
+    assert r.choices[0].message.content == want_chat and r.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(model=stack["model"], messages=messages, max_tokens=MAX_TOKENS,
+                                            temperature=0, stream=True, stream_options={"include_usage": True})
+    parts = list(stream)
+    assert "".join(p.choices[0].delta.content or "" for p in parts if p.choices) == want_chat
+    assert parts[-1].usage.completion_tokens == r.usage.completion_tokens
+    assert [m.id for m in client.models.list().data] == [stack["model"]]
+
+
+@pytest.mark.parametrize("speculation", [
+    None, {"drafter": "small", "tree": "3,2"}, {"drafter": "lookup", "tree": {"nodes": 8, "depth": 4}},
+    {"drafter": "none"},
+])
+def test_greedy_through_gateway_equals_in_process(stack, reference, speculation):
+    codec, run = reference
+    prompt = "hello world, speculative decoding hello world"
+    want_ids, want = run(codec.encode(prompt))
+    body = {"model": stack["model"], "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0}
+    if speculation:
+        body["speculation"] = speculation
+    r = httpx.post(stack["http"] + "/v1/completions", json=body, timeout=60).json()
+    assert r["choices"][0]["text"] == want
+    assert r["usage"]["completion_tokens"] == len(want_ids)
+    stats = r["specgrove"]
+    if speculation and speculation.get("drafter") == "none":
+        assert stats["drafter"] == "none" and stats["drafted_tokens"] == 0
+    elif speculation:
+        assert stats["drafter"] == speculation["drafter"]
+
+
+def test_grpc_generate_stream_tokens_and_admin(stack, reference):
+    codec, run = reference
+    prompt = "the lazy dog"
+    want_ids, _ = run(codec.encode(prompt))
+
+    async def main():
+        async with grpc.aio.insecure_channel(stack["grpc"]) as ch:
+            stub = gateway_pb2_grpc.GatewayStub(ch)
+            req = gateway_pb2.GenerateRequest(
+                model=stack["model"], prompt=prompt, max_tokens=MAX_TOKENS,
+                sampling=common_pb2.SamplingParams(temperature=0, top_p=1),
+                speculation=gateway_pb2.Speculation(drafter="small"), request_id="r1")
+            msgs = [m async for m in stub.Generate(req, timeout=60)]
+            drafters = await stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                req.sampling.top_p = 2.0
+                [m async for m in stub.Generate(req, timeout=10)]
+            return msgs, drafters, bad.value
+
+    msgs, drafters, bad = asyncio.run(main())
+    assert [t for m in msgs for t in m.token_ids] == want_ids
+    assert msgs[0].effective.drafter == "small" and msgs[-1].finish_reason in ("stop", "length")
+    assert msgs[-1].speculation.steps >= 1 and msgs[-1].usage.completion_tokens == len(want_ids)
+    assert {d.name for d in drafters.drafters} == {"lookup", "small"}
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in bad.details()
+
+
+def test_concurrent_requests_are_batched(stack, reference):
+    codec, run = reference
+    prompts = [f"fox {'dog ' * i}" for i in range(8)]
+    wants = [run(codec.encode(p), 8 + 2 * i)[1] for i, p in enumerate(prompts)]
+
+    async def main():
+        async with httpx.AsyncClient(timeout=120) as client:
+            calls = [client.post(stack["http"] + "/v1/completions", json={
+                "model": stack["model"], "prompt": p, "max_tokens": 8 + 2 * i, "temperature": 0})
+                for i, p in enumerate(prompts)]
+            return [r.json() for r in await asyncio.gather(*calls)]
+
+    outs = asyncio.run(main())
+    assert [o["choices"][0]["text"] for o in outs] == wants
+    assert max(o["specgrove"]["max_batch_size"] for o in outs) > 1
+
+
+def _free_blocks(stack) -> int:
+    gw = stack["gw"]
+    return stack["loop"].run(gw.state.target.info()).free_blocks
+
+
+def test_disconnect_mid_stream_frees_kv(stack):
+    baseline = _free_blocks(stack)
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", stack["http"] + "/v1/completions", json={
+                "model": stack["model"], "prompt": "fox", "max_tokens": 400, "temperature": 0.7,
+                "stream": True, "speculation": {"drafter": "small"}}) as resp:
+            lines = resp.iter_lines()
+            got = [next(lines) for _ in range(3)]
+            assert got[0].startswith("data: ")
+        # leaving the block closes the connection mid-stream
+    deadline = time.monotonic() + 10
+    while _free_blocks(stack) != baseline and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _free_blocks(stack) == baseline
+    assert stack["gw"].state.orchestrator.idle
+
+
+BAD = [
+    ("not json", "malformed JSON"),
+    (json.dumps([1, 2]), "JSON object"),
+    (json.dumps({"prompt": "hi", "max_tokens": 4}), "model"),
+    (json.dumps({"model": "M", "prompt": "hi", "max_tokens": "four"}), "max_tokens"),
+    (json.dumps({"model": "M", "prompt": "hi", "temperature": -0.5}), "temperature"),
+    (json.dumps({"model": "M", "prompt": "hi", "top_p": 0}), "top_p"),
+    (json.dumps({"model": "M", "prompt": "hi", "top_p": 1.5}), "top_p"),
+    (json.dumps({"model": "M", "prompt": "hi", "max_tokens": 0}), "max_tokens"),
+    (json.dumps({"model": "M", "prompt": "hi", "max_tokens": 100000}), "exceed the context"),
+    (json.dumps({"model": "M", "prompt": ""}), "empty"),
+    (json.dumps({"model": "nope", "prompt": "hi"}), "unknown model"),
+    (json.dumps({"model": "M", "prompt": "hi", "speculation": {"drafter": "ghost"}}), "unknown drafter"),
+    (json.dumps({"model": "M", "prompt": "hi", "speculation": {"tree": "9,9,9"}}), "exceed"),
+    (json.dumps({"model": "M", "prompt": "hi", "n": 3}), "n"),
+    (json.dumps({"model": "M", "prompt": "x" * (2 << 20)}), "exceeds the limit"),
+]
+
+
+@pytest.mark.parametrize("body,needle", BAD, ids=[n for _, n in BAD])
+def test_bad_input_is_a_400_with_an_openai_error(stack, body, needle):
+    body = body.replace('"M"', json.dumps(stack["model"]))
+    r = httpx.post(stack["http"] + "/v1/completions", content=body,
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and needle in err["message"] + str(err["param"])
+    ok = httpx.post(stack["http"] + "/v1/completions", timeout=30,
+                    json={"model": stack["model"], "prompt": "fox", "max_tokens": 2})
+    assert ok.status_code == 200
+
+
+def test_chat_bad_messages(stack):
+    for body in ({"model": stack["model"], "messages": []},
+                 {"model": stack["model"], "messages": [{"role": "wizard", "content": "hi"}]},
+                 {"model": stack["model"], "messages": [{"role": "user"}]}):
+        r = httpx.post(stack["http"] + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages")
+
+
+def test_health(stack):
+    assert httpx.get(stack["http"] + "/health", timeout=10).json() == {"status": "ok"}
+
+
+def test_gateway_imports_without_torch():
+    code = ("import sys; sys.modules['torch'] = None; "
+            "import gateway.server, gateway.http_api, gateway.grpc_api, specgrove.clients; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -1,0 +1,221 @@
+"""Tensor-parallel target: TP=2 (two processes, gloo on CPU) against the single-rank runner.
+
+Shards reassemble to the checkpoint in both weight layouts; TP=2 logits equal TP=1 logits
+through prefill, decode, a tree verify and its commit copies; greedy speculative generation is
+token-for-token the same and leaks no block; a killed worker fails the next call naming its
+rank; workers exit when rank 0 dies; shapes that do not divide are refused before any start.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from kernels.backend import select_backend
+from specgrove.modeling.config import ModelConfig
+from specgrove.modeling.loader import build_model
+from specgrove.modeling.parallel import ColumnParallelLinear, TPGroup
+from specgrove.runner import ForwardItem, KVCacheConfig
+from specgrove.speculate import GenerationRequest, generate
+from specgrove.tree import TokenTree
+from specgrove.types import PrefillRequest, TreeBudget, VerifyItem
+from target_service.engine import TargetEngine
+from target_service.tp import TPShapeError, TPWorkerDied, check_tp_shapes, start_tp_runner
+from tests.helpers import CPU, draft_engine
+
+KV = KVCacheConfig(block_size=4, num_blocks=128, shuffle_seed=3)
+PROMPTS = [(5, 6, 7, 8, 5, 6, 7, 8, 5, 6), (9, 10, 11), (42,)]
+
+
+def _start(path: Path, tp_size: int, transposed: bool | None = None):
+    return start_tp_runner(str(path), torch.float64, CPU, KV, "torch", tp_size, 30.0, transposed)
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody has reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.fixture
+def start_tp():
+    """Start TP=2 runners; close them all (and check their workers are gone) afterwards."""
+    runners = []
+
+    def start(path: Path, **kw):
+        runners.append(_start(path, 2, **kw))
+        return runners[-1]
+
+    yield start
+    for runner in runners:
+        pids = runner.worker_pids.values()
+        runner.close()
+        assert all(_gone(pid) for pid in pids)
+
+
+# --- shards --------------------------------------------------------------------------------
+def _as_out_in(param: torch.Tensor, transposed: bool) -> torch.Tensor:
+    return param.t() if transposed and param.dim() == 2 else param
+
+
+def _reassemble(name: str, module, parts: list[torch.Tensor]) -> torch.Tensor:
+    """The full [out, in] (or [out]) tensor that per-rank shards were cut from."""
+    if isinstance(module, ColumnParallelLinear):  # each rank: [sub_0 shard, sub_1 shard, ...]
+        split = [p.split(module.local_sizes) for p in parts]
+        return torch.cat([torch.cat(pieces) for pieces in zip(*split)])
+    if name.endswith(("o_proj.weight", "down_proj.weight")):  # row-parallel: input features
+        return torch.cat(parts, dim=1)
+    if name.endswith(("embed_tokens.weight", "lm_head.weight")):  # vocabulary rows, padded
+        return torch.cat(parts)[: module.vocab_size]
+    assert all(torch.equal(p, parts[0]) for p in parts)  # replicated (norms)
+    return parts[0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # tied embeddings / QKV bias
+@pytest.mark.parametrize("transposed", [True, False])
+def test_shards_reassemble_to_the_full_weights(tiny_dirs, arch, transposed):
+    load = lambda tp: build_model(tiny_dirs[arch], torch.float64, CPU,
+                                  select_backend("torch", CPU), tp=tp, transposed=transposed)
+    full = load(TPGroup())
+    shards = [load(TPGroup(rank, 2)) for rank in range(2)]
+    for name, param in full.named_parameters():
+        module = shards[0].get_submodule(name.rsplit(".", 1)[0])
+        parts = [_as_out_in(dict(s.named_parameters())[name], transposed) for s in shards]
+        assert torch.equal(_reassemble(name, module, parts), _as_out_in(param, transposed)), name
+
+
+# --- logits --------------------------------------------------------------------------------
+def _script():
+    """Steps of (forward items, commits) covering prefill, decode, a tree verify, copies."""
+    tree = TokenTree((30, 31, 32, 33, 34), (-1, 0, 0, 1, 2))
+    yield ([ForwardItem(0, PROMPTS[0], range(10), all_logits=True),
+            ForwardItem(1, tuple(range(50, 63)), range(13), all_logits=True)],
+           [(0, 10, None), (1, 13, None)])
+    yield ([ForwardItem(0, (7,), (10,), all_logits=True), ForwardItem(1, (8,), (13,))],
+           [(0, 1, None), (1, 1, None)])
+    yield ([ForwardItem(0, tree.token_ids, tree.positions(11), tree_mask=tree.ancestor_mask(),
+                        all_logits=True), ForwardItem(1, (9,), (14,), all_logits=True)],
+           [(0, 3, [0, 2, 4]), (1, 1, [0])])  # moves nodes 2 and 4 down: slot copies
+    yield ([ForwardItem(0, (35,), (14,)), ForwardItem(1, (10,), (15,))], [])
+
+
+@pytest.mark.parametrize("arch,transposed", [("llama", True), ("qwen2", False)])
+def test_tp2_logits_equal_tp1(tiny_dirs, start_tp, arch, transposed):
+    one = _start(tiny_dirs[arch], 1, transposed)
+    two = start_tp(tiny_dirs[arch], transposed=transposed)
+    for runner in (one, two):
+        runner.blocks.add_sequence(0)
+        runner.blocks.add_sequence(1)
+    for items, commits in _script():
+        want, got = one.forward(items), two.forward(items)
+        for a, b in zip(want, got):
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+        if commits:
+            one.commit_many(commits)
+            two.commit_many(commits)
+
+
+# --- generation ----------------------------------------------------------------------------
+BUDGETS = [
+    ("", TreeBudget()),  # speculation off
+    ("model", TreeBudget(branching=(3, 2, 1))),
+    ("model", TreeBudget(max_nodes=8, max_depth=4, top_k=3)),
+    ("ngram", TreeBudget(max_nodes=8, max_depth=4)),
+]
+
+
+def test_greedy_generation_over_tp2_equals_tp1(tiny_dirs, start_tp):
+    one = TargetEngine(_start(tiny_dirs["llama"], 1))
+    two = TargetEngine(start_tp(tiny_dirs["llama"]))
+    drafts = draft_engine(tiny_dirs["draft"])
+    free = two.runner.blocks.num_free_blocks
+    for i, (drafter, budget) in enumerate(BUDGETS):
+        reqs = lambda base: [GenerationRequest(base + j, p, 16, budget=budget, drafter=drafter)
+                             for j, p in enumerate(PROMPTS)]
+        want = generate(one, drafts, reqs(100 * i))
+        got = generate(two, drafts, reqs(100 * i + 50))
+        assert [o.token_ids for o in got] == [o.token_ids for o in want], (drafter, budget)
+        if drafter == "model":
+            assert all(o.drafted_tokens > 0 for o in got)
+    assert two.runner.blocks.num_free_blocks == free
+
+
+# --- failures ------------------------------------------------------------------------------
+def test_killed_worker_fails_the_next_call_naming_the_rank(tiny_dirs, start_tp):
+    runner = start_tp(tiny_dirs["llama"])
+    engine = TargetEngine(runner)
+    free = runner.blocks.num_free_blocks
+    pending = engine.prefill([PrefillRequest(0, PROMPTS[0])])[0].first_token
+    os.kill(runner.worker_pids[1], signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(TPWorkerDied, match=r"tensor-parallel rank 1 exited with code -9"):
+        engine.verify([VerifyItem(0, TokenTree.chain((pending, 5, 6)))])
+    assert time.monotonic() - start < 5.0
+    start = time.monotonic()  # the group stays down: every later call fails at once
+    with pytest.raises(TPWorkerDied, match="rank 1"):
+        engine.prefill([PrefillRequest(1, PROMPTS[1])])
+    assert time.monotonic() - start < 0.5
+    assert runner.failure is not None and not engine.has_sequence(1)
+    engine.release(0)
+    assert runner.blocks.num_free_blocks == free
+
+
+RANK0 = """
+import sys, time, torch
+from specgrove.runner import KVCacheConfig
+from target_service.tp import start_tp_runner
+runner = start_tp_runner(sys.argv[1], torch.float64, torch.device("cpu"), KVCacheConfig(4, 64),
+                         "torch", 2, 30.0)
+print(runner.worker_pids[1], flush=True)
+time.sleep(120)
+"""
+
+
+def test_workers_exit_when_rank0_dies(tiny_dirs):
+    rank0 = subprocess.Popen([sys.executable, "-c", RANK0, str(tiny_dirs["llama"])],
+                             stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        worker = int(rank0.stdout.readline())
+        rank0.kill()
+        rank0.wait()
+        deadline = time.monotonic() + 5.0
+        while not _gone(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(worker)
+    finally:
+        rank0.kill()
+        rank0.wait()
+        if worker is not None and not _gone(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+def test_refuses_heads_that_do_not_divide(tmp_path):
+    LlamaConfig(vocab_size=320, hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                num_attention_heads=6, num_key_value_heads=3).save_pretrained(tmp_path)
+    with pytest.raises(TPShapeError, match=r"KV heads \(num_key_value_heads\) = 3 is not "
+                                           r"divisible by 2$"):
+        _start(tmp_path, 2)
+    with pytest.raises(TPShapeError, match=r"attention heads \(num_attention_heads\) = 6; "
+                                           r"KV heads \(num_key_value_heads\) = 3 are not"):
+        _start(tmp_path, 4)
+
+
+def test_refuses_smollm2_shapes_over_two_ranks():
+    """The embedded SmolLM2-135M: 9 query heads, 3 KV heads."""
+    smollm2 = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3)
+    with pytest.raises(TPShapeError, match=r"attention heads \(num_attention_heads\) = 9; KV "
+                                           r"heads \(num_key_value_heads\) = 3 are not divisible"):
+        check_tp_shapes(ModelConfig.from_hf(smollm2), 2)
+    check_tp_shapes(ModelConfig.from_hf(smollm2), 3)
