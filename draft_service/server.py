@@ -45,9 +45,8 @@ def target_vocab_size(name_or_path: str) -> int:
 class DraftServer:
     def __init__(self, cfg: DraftServerConfig, vocab_size: int) -> None:
         self.cfg = cfg
-        self.grpc = GrpcService([SERVICE_NAME])
         self.servicer = DraftServicer(vocab_size)
-        draft_pb2_grpc.add_DraftServiceServicer_to_server(self.servicer, self.grpc.server)
+        self.grpc: GrpcService | None = None
         self.port = 0
         self._loaded: asyncio.Future | None = None
 
@@ -69,6 +68,8 @@ class DraftServer:
         return registry
 
     async def start(self) -> int:
+        self.grpc = GrpcService([SERVICE_NAME])  # grpc.aio servers bind to the running loop
+        draft_pb2_grpc.add_DraftServiceServicer_to_server(self.servicer, self.grpc.server)
         self.port = await self.grpc.start(self.cfg.host, self.cfg.port)
         self._loaded = asyncio.ensure_future(self._load())
         return self.port

@@ -109,6 +109,27 @@ def gateway(**opts) -> None:
     _serve(serve_cmds.run_gateway, opts)
 
 
+@main.command()
+@click.option("--target", default="smollm2-135m-instruct", show_default=True,
+              help="Model name or path (Hugging Face directory or .gguf file).")
+@click.option("--drafter", "drafters", multiple=True, metavar="NAME=KIND[:SPEC]",
+              help="Drafters to load (repeatable) [lookup=ngram].")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int, help="REST (OpenAI) port.")
+@click.option("--grpc-port", default=50050, show_default=True, type=int)
+@click.option("--target-port", default=50051, show_default=True, type=int)
+@click.option("--draft-port", default=50052, show_default=True, type=int)
+@click.option("--dtype", default="float32", show_default=True,
+              type=click.Choice(["float32", "bfloat16", "float16", "float64"]))
+@click.option("--kv-blocks", default=2048, show_default=True, type=int)
+@click.option("--default-tree", default="8:4", show_default=True)
+def up(**opts) -> None:
+    """Start target, draft and gateway together; Ctrl-C stops all three."""
+    from specgrove.up_cmd import UpConfig, run_up
+
+    run_up(UpConfig(**opts))
+
+
 def _serve(run, opts: dict) -> None:
     try:
         run(**opts)

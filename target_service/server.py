@@ -39,14 +39,15 @@ def build_engine(cfg: TargetServerConfig) -> TargetEngine:
 class TargetServer:
     def __init__(self, cfg: TargetServerConfig) -> None:
         self.cfg = cfg
-        self.grpc = GrpcService([SERVICE_NAME])
         self.servicer = TargetServicer(cfg.run.model, cfg.run.dtype, cfg.limits)
-        target_pb2_grpc.add_TargetServiceServicer_to_server(self.servicer, self.grpc.server)
+        self.grpc: GrpcService | None = None
         self.port = 0
         self._loaded: asyncio.Future | None = None
 
     async def start(self) -> int:
         """Listen (NOT_SERVING) and start loading the model; returns the bound port."""
+        self.grpc = GrpcService([SERVICE_NAME])  # grpc.aio servers bind to the running loop
+        target_pb2_grpc.add_TargetServiceServicer_to_server(self.servicer, self.grpc.server)
         self.port = await self.grpc.start(self.cfg.host, self.cfg.port)
         self._loaded = asyncio.ensure_future(self._load())
         return self.port

@@ -8,7 +8,7 @@ from torch import nn
 
 from kernels.backend import KernelBackend
 from specgrove.modeling.config import ModelConfig
-from specgrove.modeling.layers import RotaryEmbedding
+from specgrove.modeling.layers import apply_rope
 from specgrove.modeling.parallel import ColumnParallelLinear, LayerContext, RowParallelLinear
 
 
@@ -47,12 +47,11 @@ class PagedAttention(nn.Module):
             cfg.hidden_size, (q_size, kv_size, kv_size), cfg.qkv_bias, ctx
         )
         self.o_proj = RowParallelLinear(q_size, cfg.hidden_size, ctx)
-        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_positions, cfg.rope)
 
     def forward(
         self,
         x: torch.Tensor,  # [T, hidden]
-        positions: torch.Tensor,  # [T] int64 RoPE positions
+        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin: [T, 1, D/2] at each token's position
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, Hkv_local, D]
         meta: AttentionMetadata,
     ) -> torch.Tensor:
@@ -64,7 +63,7 @@ class PagedAttention(nn.Module):
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         self.backend.write_kv(kv_cache[0], kv_cache[1], k, v.contiguous(), meta.slot_mapping)
         out = self.backend.tree_attention(
             q.contiguous(), kv_cache[0], kv_cache[1], meta.block_tables, meta.kv_lens,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from specgrove.modeling.config import RopeConfig
@@ -19,7 +20,9 @@ class RMSNorm(nn.Module):
         # Normalise in at least float32 (half precision would lose the mean of squares). The HF
         # reference uses float32 even for float64 models; we keep float64 there so that two
         # summation orders of one float64 model (decode vs tree verify) agree to ~1e-13.
-        work = x.to(torch.promote_types(x.dtype, torch.float32))
+        if x.dtype in (torch.float32, torch.float64):  # one fused op, same arithmetic
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        work = x.float()
         work = work * torch.rsqrt(work.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * work.to(x.dtype)
 
@@ -50,23 +53,24 @@ def _llama3_scale(inv_freq: torch.Tensor, rope: RopeConfig) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Applies RoPE (rotate-half layout) at explicit positions; cos/sin cached in float32."""
+    """RoPE tables (cos/sin cached in float32), looked up once per forward for all layers."""
 
-    def __init__(self, head_dim: int, max_positions: int, rope: RopeConfig) -> None:
+    def __init__(self, head_dim: int, max_positions: int, rope: RopeConfig, dtype) -> None:
         super().__init__()
+        self.dtype = dtype
         inv_freq = rope_inv_freq(rope, head_dim)
         freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
         self.register_buffer("cos", freqs.cos(), persistent=False)  # [max_pos, head_dim / 2]
         self.register_buffer("sin", freqs.sin(), persistent=False)
 
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # q: [T, Hq, D], k: [T, Hkv, D]
-        cos = self.cos[positions].to(q.dtype).unsqueeze(1)  # [T, 1, D/2]
-        sin = self.sin[positions].to(q.dtype).unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin at ``positions`` ([T]) in the model dtype: [T, 1, head_dim / 2] each."""
+        cos = self.cos[positions].to(self.dtype).unsqueeze(1)
+        sin = self.sin[positions].to(self.dtype).unsqueeze(1)
+        return cos, sin
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on [T, H, D] with cos/sin [T, 1, D/2]."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

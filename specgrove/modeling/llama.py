@@ -12,7 +12,7 @@ from torch import nn
 from kernels.backend import KernelBackend
 from specgrove.modeling.attention import AttentionMetadata, PagedAttention
 from specgrove.modeling.config import ModelConfig
-from specgrove.modeling.layers import RMSNorm
+from specgrove.modeling.layers import RMSNorm, RotaryEmbedding
 from specgrove.modeling.parallel import (
     ColumnParallelLinear,
     ParallelLMHead,
@@ -42,8 +42,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ctx.dtype)
         self.mlp = SwiGLU(cfg, ctx)
 
-    def forward(self, x, positions, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), positions, kv_cache, meta)
+    def forward(self, x, rope, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, kv_cache, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -53,6 +53,7 @@ class LlamaModel(nn.Module):
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ctx)
         self.layers = nn.ModuleList(DecoderLayer(cfg, ctx, backend) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ctx.dtype)
+        self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_positions, cfg.rope, ctx.dtype)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -79,8 +80,9 @@ class LlamaForCausalLM(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T, hidden]
         x = self.model.embed_tokens(input_ids)
+        rope = self.model.rotary(positions)  # looked up once, shared by every layer
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, positions, kv_cache[i], meta)
+            x = layer(x, rope, kv_cache[i], meta)
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, vocab]

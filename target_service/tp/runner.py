@@ -73,6 +73,8 @@ def start_tp_runner(
     torchrun every rank calls this with the same arguments: rank 0 gets the runner, every other
     rank serves as a worker inside this call and gets None once rank 0 shuts down. The model's
     shape is checked before any rank starts. ``tp_size == 1`` returns a plain ModelRunner.
+    On CPU, spawned workers take ``cores // tp_size`` intra-op threads each; give rank 0 the
+    same share (``torch.set_num_threads``) before calling this.
     """
     path = resolve_model(model)
     check_tp_shapes(load_config(path), tp_size, model)

@@ -1,0 +1,130 @@
+"""``specgrove up``: target, draft and gateway as three processes, supervised together.
+
+Starts the target and draft services, waits until both report SERVING on ``grpc.health.v1``,
+starts the gateway, waits for its ``/health``, prints the URLs, and then watches: Ctrl-C /
+SIGTERM stops all three (SIGTERM, then SIGKILL after a grace period); if any one exits, the
+others are stopped too and ``up`` exits non-zero naming it.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import click
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    target: str
+    drafters: tuple[str, ...]
+    host: str
+    port: int
+    grpc_port: int
+    target_port: int
+    draft_port: int
+    dtype: str
+    kv_blocks: int
+    default_tree: str
+    extra_target: tuple[str, ...] = ()
+    startup_timeout_s: float = 900.0
+    grace_s: float = 15.0
+
+
+def _commands(cfg: UpConfig) -> dict[str, list[str]]:
+    cli = [sys.executable, "-m", "specgrove.cli"]
+    drafters = [x for d in (cfg.drafters or ("lookup=ngram",)) for x in ("--drafter", d)]
+    return {
+        "target": cli + ["target", "--target", cfg.target, "--port", str(cfg.target_port),
+                         "--dtype", cfg.dtype, "--kv-blocks", str(cfg.kv_blocks), *cfg.extra_target],
+        "draft": cli + ["draft", "--target-vocab-from", cfg.target, "--port", str(cfg.draft_port),
+                        "--dtype", cfg.dtype, *drafters],
+        "gateway": cli + ["gateway", "--target", f"127.0.0.1:{cfg.target_port}",
+                          "--draft", f"127.0.0.1:{cfg.draft_port}", "--host", cfg.host,
+                          "--port", str(cfg.port), "--grpc-port", str(cfg.grpc_port),
+                          "--default-tree", cfg.default_tree],
+    }
+
+
+async def _grpc_serving(address: str) -> bool:
+    try:
+        async with grpc.aio.insecure_channel(address) as ch:
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            return resp.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.aio.AioRpcError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class Supervisor:
+    def __init__(self, cfg: UpConfig) -> None:
+        self.cfg = cfg
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, cmd: list[str]) -> None:
+        self.procs[name] = subprocess.Popen(cmd)
+
+    def dead(self) -> str | None:
+        return next((f"{n} exited with code {p.returncode}" for n, p in self.procs.items()
+                     if p.poll() is not None), None)
+
+    def wait_until(self, ready, what: str) -> None:
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
+        while not ready():
+            if (why := self.dead()) is not None:
+                raise click.ClickException(f"{why} while waiting for {what}")
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"timed out waiting for {what}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.grace_s
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def run_up(cfg: UpConfig) -> None:
+    sup = Supervisor(cfg)
+    cmds = _commands(cfg)
+    stop_requested = []
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    try:
+        sup.start("target", cmds["target"])
+        sup.start("draft", cmds["draft"])
+        for name, port in (("target", cfg.target_port), ("draft", cfg.draft_port)):
+            sup.wait_until(lambda p=port: asyncio.run(_grpc_serving(f"127.0.0.1:{p}")), f"the {name} service")
+        sup.start("gateway", cmds["gateway"])
+        base = f"http://{cfg.host}:{cfg.port}"
+        sup.wait_until(lambda: _http_ok(base + "/health"), "the gateway")
+        click.echo(f"specgrove is up: {cfg.target}\n"
+                   f"  OpenAI REST  {base}/v1  (health {base}/health)\n"
+                   f"  gRPC gateway {cfg.host}:{cfg.grpc_port}\n"
+                   f"  target {cfg.target_port}, draft {cfg.draft_port}; Ctrl-C stops all three", err=True)
+        while not stop_requested:
+            if (why := sup.dead()) is not None:
+                raise click.ClickException(f"{why}; stopping the others")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sup.stop()
