@@ -34,8 +34,9 @@ KV = KVCacheConfig(block_size=4, num_blocks=128, shuffle_seed=3)
 PROMPTS = [(5, 6, 7, 8, 5, 6, 7, 8, 5, 6), (9, 10, 11), (42,)]
 
 
-def _start(path: Path, tp_size: int, transposed: bool | None = None):
-    return start_tp_runner(str(path), torch.float64, CPU, KV, "torch", tp_size, 30.0, transposed)
+def _start(path: Path, tp_size: int, transposed: bool | None = None, timeout_s: float = 30.0):
+    return start_tp_runner(str(path), torch.float64, CPU, KV, "torch", tp_size, timeout_s,
+                           transposed)
 
 
 def _gone(pid: int) -> bool:
@@ -168,6 +169,18 @@ def test_killed_worker_fails_the_next_call_naming_the_rank(tiny_dirs, start_tp):
     assert runner.failure is not None and not engine.has_sequence(1)
     engine.release(0)
     assert runner.blocks.num_free_blocks == free
+
+
+def test_idle_workers_outlive_the_collective_timeout(tiny_dirs, start_tp):
+    """Heartbeats keep a worker's wait for its next message inside the group timeout."""
+    runner = start_tp(tiny_dirs["llama"], timeout_s=8.0)
+    runner.blocks.add_sequence(0)
+    item = ForwardItem(0, PROMPTS[0], range(10))
+    runner.forward([item])
+    time.sleep(10.0)
+    runner.blocks.rollback(0)
+    runner.forward([item])
+    assert runner.failure is None
 
 
 RANK0 = """

@@ -1,0 +1,59 @@
+"""``specgrove up`` for real: three processes, health-gated, served, and all stopped by SIGTERM."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_up_serves_and_stops_cleanly(tiny_dirs):
+    http, grpc_port, tport, dport = _free_ports(4)
+    exe = os.path.join(os.path.dirname(sys.executable), "specgrove")
+    proc = subprocess.Popen(
+        [exe, "up", "--target", str(tiny_dirs["llama"]), "--drafter", "lookup=ngram",
+         "--drafter", f"small=model:{tiny_dirs['draft']}", "--port", str(http),
+         "--grpc-port", str(grpc_port), "--target-port", str(tport), "--draft-port", str(dport),
+         "--kv-blocks", "256"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{http}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{http}/v1", api_key="x", max_retries=0)
+        r = client.completions.create(model=str(tiny_dirs["llama"]), prompt="the quick brown fox",
+                                      max_tokens=12, temperature=0,
+                                      extra_body={"speculation": {"drafter": "small", "tree": "2,2"}})
+        assert r.usage.completion_tokens >= 1 and r.model_extra["specgrove"]["drafter"] == "small"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "specgrove is up" in out
+    assert not any(_listening(p) for p in (http, grpc_port, tport, dport))
