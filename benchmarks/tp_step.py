@@ -4,9 +4,10 @@ A synthetic llama with random weights (~28M parameters; 8 query heads, 4 KV head
 intermediate size of 1408, so two ranks divide it) is saved to a temporary directory. For each
 configuration the target engine prefills ``batch`` sequences of ``--prompt-len`` tokens, then
 times ``TargetEngine.verify`` (forward + greedy acceptance + commit copies) of a 1-node tree
-(plain decoding) and an 8-node tree per sequence, for batches of 1 and 4. Every rank gets
-``cores // tp`` intra-op threads (rank 0 sets its own; spawned workers copy it), so TP=2 uses
-the same cores as TP=1. Prints a table and writes JSON with machine information.
+(plain decoding) and an 8-node tree per sequence, for batches of 1 and 4. Variants: TP=1 with
+every core, TP=1 with half of them (what each TP=2 rank gets), TP=2 with ``cores // 2``
+intra-op threads per rank; their steps are interleaved so background load hits all alike.
+Prints a table and writes JSON with machine information.
 
     python benchmarks/tp_step.py --out benchmarks/results/tp_step.json
 """
@@ -28,7 +29,7 @@ from specgrove.runner import KVCacheConfig
 from specgrove.tree import TokenTree
 from specgrove.types import PrefillRequest, VerifyItem
 from target_service.engine import TargetEngine
-from target_service.tp import TPModelRunner, start_tp_runner
+from target_service.tp import start_tp_runner
 
 HERE = Path(__file__).parent
 TREE_PARENTS = (-1, 0, 0, 1, 1, 2, 2, 3)  # 8 nodes, depth 3: the shape of a small static tree
@@ -52,45 +53,70 @@ def tree(pending: int, nodes: int) -> TokenTree:
     return TokenTree((pending, *range(1000, 1000 + nodes - 1)), TREE_PARENTS[:nodes])
 
 
-def time_verify(engine: TargetEngine, batch: int, nodes: int, args, first_id: int) -> list[float]:
-    gen = torch.Generator().manual_seed(first_id)
-    prompts = torch.randint(0, args.vocab, (batch, args.prompt_len), generator=gen).tolist()
-    firsts = engine.prefill([PrefillRequest(first_id + i, tuple(p)) for i, p in enumerate(prompts)])
-    pending = {r.seq_id: r.first_token for r in firsts}
-    times = []
-    for step in range(args.warmup + args.repeats):
-        items = [VerifyItem(s, tree(tok, nodes)) for s, tok in pending.items()]
+class Variant:
+    """One way to run the target: a tensor-parallel size and rank 0's intra-op threads."""
+
+    def __init__(self, engine: TargetEngine, tp: int, threads: int) -> None:
+        self.engine, self.tp, self.threads = engine, tp, threads
+        self.pending: dict[int, int] = {}
+        self.times: list[float] = []
+
+    def prefill(self, prompts: list[list[int]], first_id: int) -> None:
+        reqs = [PrefillRequest(first_id + i, tuple(p)) for i, p in enumerate(prompts)]
+        self.pending = {r.seq_id: r.first_token for r in self.engine.prefill(reqs)}
+        self.times = []
+
+    def step(self, nodes: int, record: bool) -> None:
+        torch.set_num_threads(self.threads)
+        items = [VerifyItem(s, tree(tok, nodes)) for s, tok in self.pending.items()]
         start = time.perf_counter()
-        results = engine.verify(items)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-        pending = {r.seq_id: r.bonus_token for r in results}
-    for seq_id in pending:
-        engine.release(seq_id)
-    return times
+        results = self.engine.verify(items)
+        if record:
+            self.times.append(time.perf_counter() - start)
+        self.pending = {r.seq_id: r.bonus_token for r in results}
+
+    def release(self) -> None:
+        for seq_id in self.pending:
+            self.engine.release(seq_id)
 
 
-def run_config(path: Path, tp: int, args) -> list[dict]:
-    threads = max(1, (os.cpu_count() or 1) // tp)
-    torch.set_num_threads(threads)
-    kv = KVCacheConfig(block_size=16, num_blocks=512)
-    runner = start_tp_runner(str(path), torch.float32, torch.device("cpu"), kv, "torch", tp, 120.0)
+def measure(variants: list[Variant], batch: int, nodes: int, args) -> list[dict]:
+    """Steps of all variants interleaved, so machine noise hits each of them alike."""
+    gen = torch.Generator().manual_seed(batch * 100 + nodes)
+    prompts = torch.randint(0, args.vocab, (batch, args.prompt_len), generator=gen).tolist()
+    for i, v in enumerate(variants):
+        v.prefill(prompts, first_id=1000 * (batch * 100 + nodes) + 100 * i)
+    for step in range(args.warmup + args.repeats):
+        for v in variants:
+            v.step(nodes, record=step >= args.warmup)
     rows = []
-    try:
-        engine = TargetEngine(runner)
-        for batch in (1, 4):
-            for nodes in (1, 8):
-                t = time_verify(engine, batch, nodes, args, first_id=1000 * len(rows))
-                rows.append({
-                    "tp": tp, "threads_per_rank": threads, "batch": batch, "tree_nodes": nodes,
-                    "median_ms": 1e3 * statistics.median(t),
-                    "p90_ms": 1e3 * statistics.quantiles(t, n=10)[-1],
-                })
-                print(_fmt(rows[-1]), flush=True)
-    finally:
-        if isinstance(runner, TPModelRunner):
-            runner.close()
+    for v in variants:
+        v.release()
+        rows.append({
+            "tp": v.tp, "threads_per_rank": v.threads, "batch": batch, "tree_nodes": nodes,
+            "median_ms": 1e3 * statistics.median(v.times),
+            "p90_ms": 1e3 * statistics.quantiles(v.times, n=10)[-1],
+        })
+        print(_fmt(rows[-1]), flush=True)
     return rows
+
+
+def run(path: Path, args) -> list[dict]:
+    """TP=1 with all cores, TP=1 with half of them (per-rank compute of TP=2), and TP=2."""
+    cores = len(os.sched_getaffinity(0))
+    kv = KVCacheConfig(block_size=16, num_blocks=512)
+    start = lambda tp: start_tp_runner(str(path), torch.float32, torch.device("cpu"), kv,
+                                       "torch", tp, 120.0)
+    torch.set_num_threads(max(1, cores // 2))  # rank 0's share while the workers start
+    tp2 = start(2)
+    try:
+        one = TargetEngine(start(1))
+        variants = [Variant(one, 1, cores), Variant(one, 1, max(1, cores // 2)),
+                    Variant(TargetEngine(tp2), 2, max(1, cores // 2))]
+        return [row for batch in (1, 4) for nodes in (1, 8)
+                for row in measure(variants, batch, nodes, args)]
+    finally:
+        tp2.close()
 
 
 def _fmt(r: dict) -> str:
@@ -103,7 +129,7 @@ def _meta(args, params: int) -> dict:
                             cwd=HERE).stdout.strip()
     return {
         "commit": commit, "machine": platform.platform(), "processor": platform.processor(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "dtype": "float32",
+        "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "dtype": "float32",
         "params": params, "prompt_len": args.prompt_len, "warmup": args.warmup,
         "repeats": args.repeats, "backend": "gloo", "kernels": "torch",
     }
@@ -111,7 +137,6 @@ def _meta(args, params: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tp", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--warmup", type=int, default=5)
@@ -120,7 +145,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tp-step-") as tmp:
         params = save_model(Path(tmp), args.vocab)
-        rows = [row for tp in args.tp for row in run_config(Path(tmp), tp, args)]
+        rows = run(Path(tmp), args)
     result = {"meta": _meta(args, params), "rows": rows}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,9 @@ class ModelRunner:
         """Copy K/V slots in every layer (a commit plan); src, dst: [C] int64."""
         self._backend.commit_kv(self.kv_cache, src, dst)
 
+    def close(self) -> None:
+        """Release what the runner holds beyond memory (tensor-parallel workers); no-op here."""
+
     def commit(self, seq_id: int, num_tokens: int, path: Sequence[int] | None = None) -> None:
         self.commit_many([(seq_id, num_tokens, path)])
 

@@ -50,7 +50,13 @@ def _gone(pid: int) -> bool:
 
 @pytest.fixture
 def start_tp():
-    """Start TP=2 runners; close them all (and check their workers are gone) afterwards."""
+    """Start TP=2 runners; close them all (and check their workers are gone) afterwards.
+
+    Rank 0 (this process) takes its share of the cores, as the workers do: two ranks with
+    all cores each fight over them, which makes every collective wait.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // 2))
     runners = []
 
     def start(path: Path, **kw):
@@ -58,6 +64,7 @@ def start_tp():
         return runners[-1]
 
     yield start
+    torch.set_num_threads(threads)
     for runner in runners:
         pids = runner.worker_pids.values()
         runner.close()
@@ -152,12 +159,19 @@ def test_greedy_generation_over_tp2_equals_tp1(tiny_dirs, start_tp):
 
 
 # --- failures ------------------------------------------------------------------------------
-def test_killed_worker_fails_the_next_call_naming_the_rank(tiny_dirs, start_tp):
+@pytest.mark.parametrize("call", ["at_once", "after_the_watchdog"])
+def test_killed_worker_fails_the_next_call_naming_the_rank(tiny_dirs, start_tp, call):
+    """At once: the step's collective breaks. Later: the watchdog has recorded the death."""
     runner = start_tp(tiny_dirs["llama"])
     engine = TargetEngine(runner)
     free = runner.blocks.num_free_blocks
     pending = engine.prefill([PrefillRequest(0, PROMPTS[0])])[0].first_token
     os.kill(runner.worker_pids[1], signal.SIGKILL)
+    if call == "after_the_watchdog":
+        deadline = time.monotonic() + 2.0
+        while runner.failure is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert isinstance(runner.failure, TPWorkerDied) and runner.failure.rank == 1
     start = time.monotonic()
     with pytest.raises(TPWorkerDied, match=r"tensor-parallel rank 1 exited with code -9"):
         engine.verify([VerifyItem(0, TokenTree.chain((pending, 5, 6)))])
