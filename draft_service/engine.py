@@ -1,7 +1,8 @@
 """In-process draft engine: keeps each sequence's history and routes it to a drafter.
 
 Keeping the history here (not in the drafters) is what lets a drafter loaded later catch up on
-a sequence the first time it is asked to draft for it.
+a sequence the first time it is asked to draft for it. With tracing on, each drafter's batch
+is a ``draft.propose`` span (attribute ``specgrove.drafter``).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Mapping, Sequence
 
 from draft_service.drafters.base import DraftInput, Drafter
 from draft_service.registry import DrafterRegistry, RegistryEntry
+from specgrove import telemetry
 from specgrove.types import InvalidRequest, ProposeRequest, ProposeResult, UnknownSequence
 
 
@@ -53,7 +55,12 @@ class DraftEngine:
             entries[entry.name] = entry
         results: dict[int, ProposeResult] = {}
         for name, inputs in groups.items():
-            for inp, tree in zip(inputs, entries[name].drafter.propose(inputs)):
+            with telemetry.span("draft.propose") as span:
+                trees = entries[name].drafter.propose(inputs)
+                if span is not None:
+                    span.set_attributes({"specgrove.drafter": name, "specgrove.batch_size": len(inputs),
+                                         "specgrove.tree.nodes": sum(len(t) for t in trees)})
+            for inp, tree in zip(inputs, trees):
                 results[inp.seq_id] = ProposeResult(inp.seq_id, tree, name)
         return [results[req.seq_id] for req in requests]
 

@@ -1,4 +1,7 @@
-"""The draft service process: a grpc.aio server over the drafter registry."""
+"""The draft service process: a grpc.aio server over the drafter registry.
+
+With tracing on, every RPC gets a server span parented on the caller's (gRPC metadata).
+"""
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +16,7 @@ from specgrove.config import ModelRunConfig
 from specgrove.modeling.loader import load_config, resolve_model
 from specgrove.pb.v1 import draft_pb2, draft_pb2_grpc
 from specgrove.service import GrpcService, run_until_signal
+from specgrove.telemetry import Telemetry, TelemetryConfig, start_telemetry
 from specgrove.types import InvalidRequest
 
 log = logging.getLogger("specgrove.draft")
@@ -28,6 +32,7 @@ class DraftServerConfig:
     host: str = "127.0.0.1"
     port: int = 50052
     grace_s: float = 10.0
+    telemetry: TelemetryConfig = TelemetryConfig()
 
 
 def parse_drafter_option(text: str) -> tuple[str, str]:
@@ -47,6 +52,7 @@ class DraftServer:
         self.cfg = cfg
         self.servicer = DraftServicer(vocab_size)
         self.grpc: GrpcService | None = None
+        self.telemetry = Telemetry.off()
         self.port = 0
         self._loaded: asyncio.Future | None = None
 
@@ -68,7 +74,10 @@ class DraftServer:
         return registry
 
     async def start(self) -> int:
-        self.grpc = GrpcService([SERVICE_NAME])  # grpc.aio servers bind to the running loop
+        self.telemetry = start_telemetry(self.cfg.telemetry, "specgrove-draft")
+        self.servicer.tracer = self.telemetry.tracer
+        # grpc.aio servers bind to the running loop: created here, not in __init__.
+        self.grpc = GrpcService([SERVICE_NAME], self.telemetry.server_interceptors())
         draft_pb2_grpc.add_DraftServiceServicer_to_server(self.servicer, self.grpc.server)
         self.port = await self.grpc.start(self.cfg.host, self.cfg.port)
         self._loaded = asyncio.ensure_future(self._load())
@@ -90,6 +99,7 @@ class DraftServer:
             self._loaded.cancel()
         await self.grpc.stop(self.cfg.grace_s if grace_s is None else grace_s)
         self.servicer.shutdown()
+        self.telemetry.shutdown()
 
     async def serve_forever(self) -> None:
         await self.start()

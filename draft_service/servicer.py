@@ -2,10 +2,13 @@
 
 Engine work (prefill, propose, release) runs on the engine thread; loading a drafter runs on a
 separate loader thread, so a model that takes seconds to load never stalls the running batch.
+With tracing on, the ``Propose`` server span carries the batch's ``specgrove.*`` attributes and
+the engine adds a ``draft.propose`` span per drafter (a model drafter one ``draft.expand`` per depth).
 """
 from __future__ import annotations
 
 from draft_service.engine import DraftEngine
+from specgrove import telemetry
 from specgrove.pb.v1 import common_pb2, draft_pb2, draft_pb2_grpc
 from specgrove.service import EngineThread, NotReady, rpc
 from specgrove.types import InvalidRequest, ProposeRequest
@@ -17,6 +20,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
         self.vocab_size = vocab_size
         self.thread = EngineThread("draft-engine")
         self.loader = EngineThread("draft-loader")
+        self.tracer = None  # set by the server when tracing is on (see specgrove.service.rpc)
 
     def _engine(self) -> DraftEngine:
         if self.engine is None:
@@ -59,6 +63,13 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             except InvalidRequest as exc:
                 raise InvalidRequest(f"requests[{i}].{exc.field}", str(exc).split(": ", 1)[-1])
         results = await self.thread.run(eng.propose, reqs)
+        if (span := telemetry.recording_span()) is not None:
+            span.set_attributes({
+                "specgrove.batch_size": len(reqs),
+                "specgrove.drafter": ",".join(sorted({r.drafter for r in results})),
+                "specgrove.tree.nodes": sum(len(r.tree) for r in results),
+                "specgrove.tree.depth": max((r.tree.depth for r in results), default=0),
+                "specgrove.draft_tokens": sum(len(r.tree) - 1 for r in results)})
         return draft_pb2.ProposeBatchResult(results=[r.to_pb() for r in results])
 
     @rpc

@@ -3,6 +3,9 @@ service. Errors before the first message are statuses (INVALID_ARGUMENT, RESOURC
 UNAVAILABLE); an error after streaming began ends the stream with an in-band ``error``."""
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
+
 import grpc
 from pydantic import ValidationError
 
@@ -53,8 +56,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if req.model and req.model != st.model_id:
             raise InvalidRequest("model", f"unknown model {req.model!r}; this server serves {st.model_id!r}")
         ids = prompt_ids_of(req, st.codec)
-        default_max = st.cfg.default_max_tokens if isinstance(req, CompletionRequest) else None
-        return st.submit(job_spec(req, ids, st.info, st.cfg.default_budget, st.drafters, default_max))
+        chat = isinstance(req, ChatRequest)
+        default_max = None if chat else st.cfg.default_max_tokens
+        spec = job_spec(req, ids, st.info, st.cfg.default_budget, st.drafters, default_max)
+        # The request's span (tracing on) is a child of this call's gRPC server span, which the
+        # interceptor parented on the caller's trace context from the metadata.
+        return st.submit(replace(spec, request_id=msg.request_id or "gen-" + uuid.uuid4().hex[:24],
+                                 operation="chat" if chat else "text_completion"))
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         try:

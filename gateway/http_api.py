@@ -1,19 +1,23 @@
 """OpenAI-compatible REST API: /v1/completions, /v1/chat/completions (SSE streaming),
-/v1/models, /health.
+/v1/models, /health, and Prometheus /metrics.
 
 Responses follow OpenAI's shapes; every response (and the last streamed chunk) also carries a
 ``specgrove`` object with the request's speculation stats: steps, drafted_tokens,
 accepted_tokens, mean_acceptance_length, max_batch_size, and the effective drafter and tree.
+With tracing on, a W3C ``traceparent`` header makes the request's span a child of the caller's.
 """
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from dataclasses import replace
 from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from opentelemetry.propagate import extract
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from gateway.api_schema import ChatRequest, CompletionRequest, invalid, job_spec, prompt_ids_of
@@ -50,6 +54,10 @@ def create_app(state: GatewayState) -> FastAPI:
     async def health():
         ok = state.orchestrator.target_ok and not state.draining
         return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
     async def models():
@@ -93,13 +101,15 @@ async def _generate(state: GatewayState, request: Request, model_cls):
         ids = prompt_ids_of(req, state.codec)
         default_max = state.cfg.default_max_tokens if model_cls is CompletionRequest else None
         spec = job_spec(req, ids, state.info, state.cfg.default_budget, state.drafters, default_max)
-        job = state.submit(spec)
+        chat = model_cls is ChatRequest
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        spec = replace(spec, request_id=rid, operation="chat" if chat else "text_completion")
+        # The caller's W3C trace context (traceparent / tracestate headers), if any.
+        job = state.submit(spec, extract(request.headers) if state.tracing else None)
     except InvalidRequest as exc:
         return error(400, str(exc), exc.field)
     except Overloaded as exc:
         return error(429, str(exc), headers={"Retry-After": "1"})
-    chat = model_cls is ChatRequest
-    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     if req.stream:
         usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(state, job, rid, chat, usage), media_type="text/event-stream")

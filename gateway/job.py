@@ -1,9 +1,14 @@
-"""One generation request inside the gateway: its settings, its state, and its event stream."""
+"""One generation request inside the gateway: its settings, its state, and its event stream.
+
+A job reports to its ``hooks`` (the gateway's metrics and tracing, ``gateway.observe``) when
+tokens arrive and when it ends, whichever code path ends it.
+"""
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from gateway.text import IncrementalDecoder, StopMatcher, TextCodec
 from specgrove.types import SamplingParams, TreeBudget
@@ -19,7 +24,8 @@ class JobSpec:
     stop: tuple[str, ...] = ()
     drafter: str = ""  # "" = the draft service's default
     budget: TreeBudget = TreeBudget.off()
-    request_id: str = ""
+    request_id: str = ""  # the response's id, for traces
+    operation: str = "text_completion"  # or "chat" (the GenAI semantic conventions' names)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,14 @@ class Failed:
 
 
 Event = Delta | Finished | Failed
+
+
+class JobHooks(Protocol):
+    def tokens_added(self, job: "Job", count: int, gap_s: float) -> None:
+        """``count`` tokens arrived ``gap_s`` after the previous ones (or after submission)."""
+
+    def finished(self, job: "Job", event: "Finished | Failed") -> None:
+        """The job ended (once)."""
 
 
 @dataclass
@@ -69,6 +83,10 @@ class Job:
         self.new_tokens: tuple[int, ...] = ()  # since the last Propose (the draft's catch-up)
         self.draft_synced = False  # the draft service holds this sequence's history
         self.created = time.monotonic()
+        self.first_token_at: float | None = None  # monotonic times, for TTFT / TPOT
+        self.last_token_at: float | None = None
+        self.hooks: JobHooks | None = None
+        self.span: Any = None  # the request's trace span while tracing is on
         self._decoder = IncrementalDecoder(codec)
         self._stops = StopMatcher(spec.stop)
 
@@ -89,6 +107,8 @@ class Job:
                 reason = "length"
                 break
         self.tokens.extend(take)
+        if take:
+            self._timestamp(len(take))
         text = self._decoder.push([t for t in take if t not in self.stop_ids])
         if reason:
             text += self._decoder.flush()
@@ -100,9 +120,20 @@ class Job:
             self.finish(Finished(reason))
         return not reason
 
+    def _timestamp(self, count: int) -> None:
+        now = time.monotonic()
+        gap = now - (self.last_token_at if self.last_token_at is not None else self.created)
+        self.last_token_at = now
+        if self.first_token_at is None:
+            self.first_token_at = now
+        if self.hooks is not None:
+            self.hooks.tokens_added(self, count, gap)
+
     def finish(self, event: Finished | Failed) -> None:
         if not self.done:
             self.done = True
+            if self.hooks is not None:
+                self.hooks.finished(self, event)
             self.events.put_nowait(event)
 
     @property

@@ -9,6 +9,10 @@ Failures: the draft service down or slow -> root-only trees (plain decoding) unt
 again, then running sequences are re-registered with their full history. The target down ->
 every running job ends with 503 and the loop waits for new work. KV exhausted in a step -> the
 newest job is preempted (released, then re-prefilled later with its history).
+
+Observability: every job reports to the ``Observer`` (metrics; request spans when tracing is
+on); admission batches and steps run inside its ``prefill`` / ``step`` spans, so the gRPC calls
+they make, and the draft / target server spans behind them, are their children.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from dataclasses import dataclass, replace
 import grpc
 
 from gateway.job import Failed, Job, JobSpec
+from gateway.metrics import GatewayMetrics
+from gateway.observe import Observer
 from gateway.text import TextCodec
 from specgrove.clients import DraftClient, TargetClient
 from specgrove.speculate import clamp_budget
@@ -44,8 +50,9 @@ class Overloaded(RuntimeError):
 
 class Orchestrator:
     def __init__(self, cfg: SchedulerConfig, target: TargetClient, draft: DraftClient,
-                 codec: TextCodec, info: TargetInfo) -> None:
+                 codec: TextCodec, info: TargetInfo, observer: Observer | None = None) -> None:
         self.cfg, self.target, self.draft, self.codec, self.info = cfg, target, draft, codec, info
+        self.obs = observer or Observer(None, GatewayMetrics(), info.model, info.total_blocks)
         self.stop_ids = frozenset(info.eos_token_ids) | (
             {codec.eos_token_id} if codec.eos_token_id is not None else set())
         self.waiting: deque[Job] = deque()
@@ -58,10 +65,12 @@ class Orchestrator:
         self._task: asyncio.Task | None = None
 
     # --- API side ------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec) -> Job:
+    def submit(self, spec: JobSpec, trace_parent=None) -> Job:
+        """Queue a request; ``trace_parent``: the caller's trace context (HTTP headers)."""
         if len(self.waiting) >= self.cfg.max_waiting:
             raise Overloaded(f"{len(self.waiting)} requests are already waiting")
         job = Job(next(self._ids), spec, self.codec, self.stop_ids)
+        self.obs.request_started(job, trace_parent)
         self.waiting.append(job)
         self._wake.set()
         return job
@@ -73,6 +82,11 @@ class Orchestrator:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        # Whatever is left past the drain ends now: clients get an answer, spans are closed.
+        for job in [*self.waiting, *self.running]:
+            job.finish(Failed(503, "the gateway is shutting down"))
+        self.waiting.clear()
+        self.running = []
 
     @property
     def idle(self) -> bool:
@@ -107,6 +121,7 @@ class Orchestrator:
             job = self.waiting[0]
             if job.cancelled:
                 self.waiting.popleft()
+                job.finish(Failed(499, "cancelled by the client"))
                 continue
             if self._blocks_for(job) > budget and (self.running or batch):
                 break  # wait for running sequences to finish and free blocks
@@ -119,7 +134,8 @@ class Orchestrator:
     async def _prefill(self, jobs: list[Job]) -> None:
         reqs = [PrefillRequest(j.seq_id, tuple(j.history), j.spec.sampling) for j in jobs]
         try:
-            firsts = await self.target.prefill(reqs)
+            with self.obs.prefill_span(jobs):
+                firsts = await self.target.prefill(reqs)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and self.running:
                 self.waiting.extendleft(reversed(jobs))  # retry once sequences finish
@@ -143,27 +159,30 @@ class Orchestrator:
 
     async def _step(self) -> None:
         jobs = list(self.running)
-        trees, names = await self._propose(jobs)
-        try:
-            results = await self.target.verify([VerifyItem(j.seq_id, t) for j, t in zip(jobs, trees)])
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise
-            await self._preempt(jobs[-1])
-            return
-        self.target_ok = True
-        finished = []
-        for job, tree, name, res in zip(jobs, trees, names, results):
-            st = job.stats
-            st.steps += 1
-            st.drafted_tokens += len(tree) - 1
-            st.accepted_tokens += len(res.accepted_tokens)
-            st.max_batch_size = max(st.max_batch_size, len(jobs))
-            st.effective_drafter = name
-            job.new_tokens = res.new_tokens
-            if not job.add_tokens(res.new_tokens, len(res.accepted_tokens)) or job.cancelled:
-                finished.append(job)
-        await self._release(finished)
+        with self.obs.step(jobs) as span:
+            trees, names = await self._propose(jobs)
+            try:
+                results = await self.target.verify([VerifyItem(j.seq_id, t) for j, t in zip(jobs, trees)])
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                await self._preempt(jobs[-1])
+                return
+            self.target_ok = True
+            finished = []
+            for job, tree, name, res in zip(jobs, trees, names, results):
+                st = job.stats
+                st.steps += 1
+                st.drafted_tokens += len(tree) - 1
+                st.accepted_tokens += len(res.accepted_tokens)
+                st.max_batch_size = max(st.max_batch_size, len(jobs))
+                st.effective_drafter = name
+                self.obs.step_item(span, job, tree, name, res)  # before add_tokens may end the job
+                job.new_tokens = res.new_tokens
+                if not job.add_tokens(res.new_tokens, len(res.accepted_tokens)) or job.cancelled:
+                    finished.append(job)
+            self.obs.step_done(span, trees, names, results, self.target.free_blocks)
+            await self._release(finished)
 
     async def _propose(self, jobs: list[Job]) -> tuple[list[TokenTree], list[str]]:
         """Trees from the draft service, or root-only trees while it is unavailable."""

@@ -2,11 +2,14 @@
 
 Start-up waits for the target service to answer ``Info`` (it may still be loading), reads the
 tokenizer of the target's model, and starts the step loop. SIGTERM: stop admitting, let running
-requests finish within the grace period, then stop both servers.
+requests finish within the grace period, then stop both servers. Tracing (``cfg.telemetry``)
+instruments the gRPC server and the channels to the draft / target services, whose calls then
+carry the W3C trace context in their metadata.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -22,7 +25,8 @@ from gateway.text import TextCodec
 from specgrove.clients import DraftClient, TargetClient
 from specgrove.model_paths import model_dir
 from specgrove.pb.v1 import gateway_pb2, gateway_pb2_grpc
-from specgrove.service import GrpcService
+from specgrove.service import GrpcService, run_until_signal
+from specgrove.telemetry import Telemetry, start_telemetry
 from specgrove.types import TargetInfo
 
 log = logging.getLogger("specgrove.gateway")
@@ -40,25 +44,41 @@ async def wait_for_target(client: TargetClient, timeout_s: float) -> TargetInfo:
             await asyncio.sleep(0.5)
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling. On SIGTERM uvicorn would close HTTP at once and,
+    once closed, re-raise the signal, killing the process before the gateway drains its running
+    requests and flushes its trace spans; ``serve_forever`` handles the signals instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # uvicorn >= 0.29
+        yield
+
+    def install_signal_handlers(self) -> None:  # older uvicorn
+        pass
+
+
 class GatewayServer:
     def __init__(self, cfg: GatewayConfig) -> None:
         self.cfg = cfg
         self.state: GatewayState | None = None
         self.http: uvicorn.Server | None = None
         self.grpc: GrpcService | None = None
+        self.telemetry = Telemetry.off()
         self.http_port = self.grpc_port = 0
         self._http_task: asyncio.Task | None = None
+        self._stopped = False
 
     async def start(self, wait_s: float = 600.0) -> None:
         cfg = self.cfg
-        target = TargetClient(cfg.target, cfg.rpc_timeout_s)
-        draft = DraftClient(cfg.draft, cfg.rpc_timeout_s)
+        self.telemetry = tel = start_telemetry(cfg.telemetry, "specgrove-gateway")
+        target = TargetClient(cfg.target, cfg.rpc_timeout_s, tel.client_interceptors())
+        draft = DraftClient(cfg.draft, cfg.rpc_timeout_s, tel.client_interceptors())
         info = await wait_for_target(target, wait_s)
         codec = TextCodec(Path(cfg.model_dir) if cfg.model_dir else model_dir(info.model))
-        self.state = state = GatewayState(cfg, target, draft, info, codec)
+        self.state = state = GatewayState(cfg, target, draft, info, codec, tel.tracer)
         await state.refresh_drafters()
         state.orchestrator.start()
-        self.grpc = GrpcService([SERVICE_NAME])
+        self.grpc = GrpcService([SERVICE_NAME], tel.server_interceptors())
         gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(state), self.grpc.server)
         self.grpc_port = await self.grpc.start(cfg.host, cfg.grpc_port)
         await self.grpc.set_serving()
@@ -66,7 +86,7 @@ class GatewayServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((cfg.host, cfg.port))
         self.http_port = sock.getsockname()[1]
-        self.http = uvicorn.Server(uvicorn.Config(
+        self.http = _Uvicorn(uvicorn.Config(
             create_app(state), log_level="warning", lifespan="off",
             timeout_graceful_shutdown=int(cfg.grace_s)))
         self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]))
@@ -78,6 +98,9 @@ class GatewayServer:
                  self.http_port, cfg.host, self.grpc_port)
 
     async def stop(self, grace_s: float | None = None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.cfg.grace_s if grace_s is None else grace_s
         if self.state is not None:
             await self.state.drain(grace)
@@ -90,9 +113,13 @@ class GatewayServer:
             await self.state.orchestrator.stop()
             await self.state.target.close()
             await self.state.draft.close()
+        self.telemetry.shutdown()
 
     async def serve_forever(self) -> None:
-        """Serve until SIGTERM / SIGINT (uvicorn captures them in the main thread), then drain."""
+        """Serve until SIGTERM / SIGINT, then drain: stop admitting, let running requests finish
+        within the grace period, stop both servers, flush the trace spans."""
         await self.start()
-        await asyncio.gather(self._http_task, return_exceptions=True)
-        await self.stop()
+        try:
+            await run_until_signal(self.stop, self._http_task)
+        finally:
+            await self.stop()  # the HTTP server ended by itself: still close everything

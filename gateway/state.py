@@ -1,4 +1,5 @@
-"""What the REST and gRPC front ends share: the orchestrator, the codec and the settings."""
+"""What the REST and gRPC front ends share: the orchestrator, the codec, the settings, and
+the metrics / tracing observer."""
 from __future__ import annotations
 
 import asyncio
@@ -7,9 +8,12 @@ from dataclasses import dataclass, field
 import grpc
 
 from gateway.job import JobSpec
+from gateway.metrics import GatewayMetrics
+from gateway.observe import Observer
 from gateway.orchestrator import Orchestrator, Overloaded, SchedulerConfig
 from gateway.text import TextCodec
 from specgrove.clients import DraftClient, TargetClient
+from specgrove.telemetry import TelemetryConfig
 from specgrove.types import TargetInfo, TreeBudget
 
 
@@ -28,13 +32,18 @@ class GatewayConfig:
     max_body_bytes: int = 1 << 20
     rpc_timeout_s: float = 30.0
     grace_s: float = 30.0
+    telemetry: TelemetryConfig = TelemetryConfig()
 
 
 class GatewayState:
     def __init__(self, cfg: GatewayConfig, target: TargetClient, draft: DraftClient,
-                 info: TargetInfo, codec: TextCodec) -> None:
+                 info: TargetInfo, codec: TextCodec, tracer=None) -> None:
         self.cfg, self.target, self.draft, self.info, self.codec = cfg, target, draft, info, codec
-        self.orchestrator = Orchestrator(cfg.scheduler, target, draft, codec, info)
+        self.metrics = GatewayMetrics()
+        self.observer = obs = Observer(tracer, self.metrics, info.model, info.total_blocks)
+        self.orchestrator = orch = Orchestrator(cfg.scheduler, target, draft, codec, info, obs)
+        self.metrics.bind_gauges(lambda: len(orch.running), lambda: len(orch.waiting),
+                                 lambda: obs.kv_usage(target.free_blocks))
         self.drafters: set[str] = set()
         self.draining = False
 
@@ -48,10 +57,14 @@ class GatewayState:
         except grpc.aio.AioRpcError:
             pass  # keep the last known list while the draft service is away
 
-    def submit(self, spec: JobSpec):
+    @property
+    def tracing(self) -> bool:
+        return self.observer.tracer is not None
+
+    def submit(self, spec: JobSpec, trace_parent=None):
         if self.draining:
             raise Overloaded("the gateway is shutting down")
-        return self.orchestrator.submit(spec)
+        return self.orchestrator.submit(spec, trace_parent)
 
     async def drain(self, grace_s: float) -> None:
         """Stop admitting; give running work ``grace_s`` to finish."""

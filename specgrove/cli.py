@@ -71,6 +71,7 @@ def generate(**opts) -> None:
 @click.option("--max-tree-nodes", default=64, show_default=True, type=int)
 @click.option("--max-model-len", default=None, type=int, help="Cap the context [model's].")
 @serve_cmds.model_options
+@serve_cmds.tracing_options
 def target(**opts) -> None:
     """Run the target service (gRPC): prefill, batched tree verification, release."""
     _serve(serve_cmds.run_target, opts)
@@ -85,6 +86,7 @@ def target(**opts) -> None:
 @click.option("--default", default="", help="The default drafter [the first one].")
 @click.option("--port", default=50052, show_default=True, type=int)
 @serve_cmds.model_options
+@serve_cmds.tracing_options
 def draft(**opts) -> None:
     """Run the draft service (gRPC): a hot-swappable registry of drafters."""
     _serve(serve_cmds.run_draft, opts)
@@ -103,6 +105,7 @@ def draft(**opts) -> None:
 @click.option("--default-tree", default="8:4", show_default=True,
               help="Default speculation: NODES:DEPTH[:TOP_K] (dynamic) or a static shape 4,2,2,1.")
 @click.option("--log-level", default="INFO", show_default=True)
+@serve_cmds.tracing_options
 def gateway(**opts) -> None:
     """Run the gateway: OpenAI REST + SSE and gRPC streaming over the draft/target services."""
     opts["api_keys"] = tuple(opts["api_keys"])
@@ -123,11 +126,30 @@ def gateway(**opts) -> None:
               type=click.Choice(["float32", "bfloat16", "float16", "float64"]))
 @click.option("--kv-blocks", default=2048, show_default=True, type=int)
 @click.option("--default-tree", default="8:4", show_default=True)
+@click.option("--trace-file", default=None, metavar="PATH",
+              help="All three services append trace spans to PATH (see `specgrove trace`).")
+@click.option("--otlp-endpoint", default=None, metavar="URL",
+              help="All three services send trace spans to this OTLP collector.")
 def up(**opts) -> None:
     """Start target, draft and gateway together; Ctrl-C stops all three."""
     from specgrove.up_cmd import UpConfig, run_up
 
     run_up(UpConfig(**opts))
+
+
+@main.command("trace")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--request", "request_id", default=None,
+              help="Request id (or a prefix, or a trace id) whose timeline to show [the latest].")
+@click.option("--png", "png", default=None, metavar="OUT", help="Also draw the timeline into this PNG.")
+def trace_cmd(file: str, request_id: str | None, png: str | None) -> None:
+    """List the requests in a trace file and show one request's step timeline."""
+    from specgrove.trace_cmd import run_trace
+
+    try:
+        click.echo(run_trace(file, request_id, png), nl=False)
+    except Exception as exc:  # noqa: BLE001 -- one clear line, never a traceback
+        _fail(exc)
 
 
 def _serve(run, opts: dict) -> None:

@@ -2,6 +2,7 @@
 
 Every call carries a deadline (``timeout_s``). Failures surface as ``grpc.aio.AioRpcError``
 with the service's status code and message, for the caller (the gateway, tests) to act on.
+``interceptors`` (e.g. ``Telemetry.client_interceptors()``) wrap every call on the channel.
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ from specgrove.types import (
 
 
 class _Client:
-    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = ()) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self.channel = grpc.aio.insecure_channel(address, options=SERVER_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(address, options=SERVER_OPTIONS,
+                                                 interceptors=list(interceptors) or None)
 
     async def close(self) -> None:
         await self.channel.close()
@@ -40,33 +42,38 @@ class _Client:
 
 
 class TargetClient(_Client):
-    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
-        super().__init__(address, timeout_s)
+    def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = ()) -> None:
+        super().__init__(address, timeout_s, interceptors)
         self.stub = target_pb2_grpc.TargetServiceStub(self.channel)
+        self.free_blocks: int | None = None  # as of the last reply that reported it
 
     async def info(self) -> TargetInfo:
         msg = await self.stub.Info(common_pb2.InfoRequest(), timeout=self.timeout_s)
+        self.free_blocks = msg.free_blocks
         return TargetInfo.from_pb(msg)
 
     async def prefill(self, requests: Sequence[PrefillRequest]) -> list[PrefillResult]:
         batch = target_pb2.PrefillBatch(requests=[r.to_pb() for r in requests])
         msg = await self.stub.Prefill(batch, timeout=self.timeout_s)
+        self.free_blocks = msg.free_blocks
         return [PrefillResult.from_pb(r) for r in msg.results]
 
     async def verify(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         batch = target_pb2.VerifyBatch(items=[i.to_pb() for i in items])
         msg = await self.stub.Verify(batch, timeout=self.timeout_s)
+        self.free_blocks = msg.free_blocks
         return [VerifyResult.from_pb(r) for r in msg.results]
 
     async def release(self, seq_ids: Sequence[int]) -> int:
         """Free sequences; returns the target's free KV blocks afterwards."""
         msg = await self.stub.Release(common_pb2.ReleaseRequest(seq_ids=seq_ids), timeout=self.timeout_s)
+        self.free_blocks = msg.free_blocks
         return msg.free_blocks
 
 
 class DraftClient(_Client):
-    def __init__(self, address: str, timeout_s: float = 30.0) -> None:
-        super().__init__(address, timeout_s)
+    def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = ()) -> None:
+        super().__init__(address, timeout_s, interceptors)
         self.stub = draft_pb2_grpc.DraftServiceStub(self.channel)
 
     async def info(self) -> draft_pb2.DraftInfo:

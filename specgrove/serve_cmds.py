@@ -1,4 +1,4 @@
-"""``specgrove target`` and ``specgrove draft``: run one gRPC service in this process."""
+"""``specgrove target``, ``draft`` and ``gateway``: run one service in this process."""
 from __future__ import annotations
 
 import asyncio
@@ -8,6 +8,7 @@ import click
 
 from specgrove.config import ModelRunConfig
 from specgrove.runner import KVCacheConfig
+from specgrove.telemetry import TelemetryConfig
 
 COMMON_MODEL_OPTIONS = [
     click.option("--host", default="127.0.0.1", show_default=True),
@@ -23,10 +24,31 @@ COMMON_MODEL_OPTIONS = [
 ]
 
 
+TRACING_OPTIONS = [
+    click.option("--trace-file", default=None, metavar="PATH",
+                 help="Append trace spans to PATH as OTLP/JSON lines (read with `specgrove trace`)."),
+    click.option("--otlp-endpoint", default=None, metavar="URL",
+                 help="Send trace spans to an OTLP collector, e.g. http://localhost:4317 "
+                      "[OTEL_EXPORTER_OTLP_ENDPOINT]."),
+    click.option("--service-name", default="",
+                 help="service.name of the spans [OTEL_SERVICE_NAME, else specgrove-<service>]."),
+]
+
+
 def model_options(fn):
     for opt in reversed(COMMON_MODEL_OPTIONS):
         fn = opt(fn)
     return fn
+
+
+def tracing_options(fn):
+    for opt in reversed(TRACING_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def _telemetry(o: dict) -> TelemetryConfig:
+    return TelemetryConfig(o.get("trace_file"), o.get("otlp_endpoint"), o.get("service_name") or "")
 
 
 def _run_config(model: str, o: dict) -> ModelRunConfig:
@@ -41,7 +63,8 @@ def run_target(target: str, port: int, max_num_seqs: int, max_tree_nodes: int,
 
     logging.basicConfig(level=o["log_level"], format="%(asctime)s %(name)s %(message)s")
     cfg = TargetServerConfig(_run_config(target, o), o["host"], port,
-                             TargetLimits(max_num_seqs, max_tree_nodes), max_model_len)
+                             TargetLimits(max_num_seqs, max_tree_nodes), max_model_len,
+                             telemetry=_telemetry(o))
     asyncio.run(TargetServer(cfg).serve_forever())
 
 
@@ -51,13 +74,14 @@ def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, p
 
     logging.basicConfig(level=o["log_level"], format="%(asctime)s %(name)s %(message)s")
     pairs = tuple(parse_drafter_option(d) for d in drafters) or (("ngram", "ngram"),)
-    cfg = DraftServerConfig(target_vocab_from, pairs, default, _run_config("", o), o["host"], port)
+    cfg = DraftServerConfig(target_vocab_from, pairs, default, _run_config("", o), o["host"], port,
+                            telemetry=_telemetry(o))
     asyncio.run(DraftServer(cfg, target_vocab_size(target_vocab_from)).serve_forever())
 
 
 def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, tokenizer: str | None,
                 api_keys: tuple[str, ...], max_batch: int, max_waiting: int, default_tree: str,
-                log_level: str) -> None:
+                log_level: str, **tracing) -> None:
     from gateway.orchestrator import SchedulerConfig
     from gateway.server import GatewayServer
     from gateway.state import GatewayConfig
@@ -70,5 +94,6 @@ def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, t
         parts = [int(x) for x in default_tree.split(":")]
         budget = tree_budget(None, parts[0], parts[1], parts[2] if len(parts) > 2 else None)
     cfg = GatewayConfig(target, draft, host, port, grpc_port, tokenizer, budget,
-                        scheduler=SchedulerConfig(max_batch, max_waiting), api_keys=api_keys)
+                        scheduler=SchedulerConfig(max_batch, max_waiting), api_keys=api_keys,
+                        telemetry=_telemetry(tracing))
     asyncio.run(GatewayServer(cfg).serve_forever())

@@ -8,6 +8,7 @@ sequences -> NOT_FOUND, KV exhaustion -> RESOURCE_EXHAUSTED, not yet loaded -> U
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import signal
@@ -18,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from specgrove import telemetry
 from specgrove.kv import KVCacheExhausted
 from specgrove.tree import TreeError
 from specgrove.types import InvalidRequest, UnknownSequence
@@ -53,7 +55,8 @@ def rpc(method: Callable[..., Awaitable]):
     @functools.wraps(method)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
-            return await method(self, request, context)
+            with telemetry.bound(getattr(self, "tracer", None)):
+                return await method(self, request, context)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 -- every failure becomes a status
@@ -72,7 +75,10 @@ class EngineThread:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     async def run(self, fn: Callable, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        # run_in_executor does not carry contextvars; the copy carries the current span and
+        # the bound tracer, so engine spans nest under the RPC that asked for the work.
+        ctx = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, fn, *args)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -81,8 +87,8 @@ class EngineThread:
 class GrpcService:
     """A grpc.aio server with health (NOT_SERVING until ready) and reflection."""
 
-    def __init__(self, service_names: Iterable[str]) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+    def __init__(self, service_names: Iterable[str], interceptors: Iterable = ()) -> None:
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors) or None)
         self.names = list(service_names)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -3,11 +3,13 @@
 Starts the target and draft services, waits until both report SERVING on ``grpc.health.v1``,
 starts the gateway, waits for its ``/health``, prints the URLs, and then watches: Ctrl-C /
 SIGTERM stops all three (SIGTERM, then SIGKILL after a grace period); if any one exits, the
-others are stopped too and ``up`` exits non-zero naming it.
+others are stopped too and ``up`` exits non-zero naming it. ``--trace-file`` / ``--otlp-endpoint``
+go to all three services, each with its own service name, so one trace spans all three.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -32,9 +34,23 @@ class UpConfig:
     dtype: str
     kv_blocks: int
     default_tree: str
+    trace_file: str | None = None
+    otlp_endpoint: str | None = None
     extra_target: tuple[str, ...] = ()
     startup_timeout_s: float = 900.0
     grace_s: float = 15.0
+
+
+def _tracing(cfg: UpConfig, service: str) -> list[str]:
+    """Tracing options for one service; its own service name even when OTEL_SERVICE_NAME is set."""
+    if not (cfg.trace_file or cfg.otlp_endpoint):
+        return []
+    args = ["--service-name", f"specgrove-{service}"]
+    if cfg.trace_file:
+        args += ["--trace-file", os.path.abspath(cfg.trace_file)]
+    if cfg.otlp_endpoint:
+        args += ["--otlp-endpoint", cfg.otlp_endpoint]
+    return args
 
 
 def _commands(cfg: UpConfig) -> dict[str, list[str]]:
@@ -42,13 +58,14 @@ def _commands(cfg: UpConfig) -> dict[str, list[str]]:
     drafters = [x for d in (cfg.drafters or ("lookup=ngram",)) for x in ("--drafter", d)]
     return {
         "target": cli + ["target", "--target", cfg.target, "--port", str(cfg.target_port),
-                         "--dtype", cfg.dtype, "--kv-blocks", str(cfg.kv_blocks), *cfg.extra_target],
+                         "--dtype", cfg.dtype, "--kv-blocks", str(cfg.kv_blocks), *cfg.extra_target,
+                         *_tracing(cfg, "target")],
         "draft": cli + ["draft", "--target-vocab-from", cfg.target, "--port", str(cfg.draft_port),
-                        "--dtype", cfg.dtype, *drafters],
+                        "--dtype", cfg.dtype, *drafters, *_tracing(cfg, "draft")],
         "gateway": cli + ["gateway", "--target", f"127.0.0.1:{cfg.target_port}",
                           "--draft", f"127.0.0.1:{cfg.draft_port}", "--host", cfg.host,
                           "--port", str(cfg.port), "--grpc-port", str(cfg.grpc_port),
-                          "--default-tree", cfg.default_tree],
+                          "--default-tree", cfg.default_tree, *_tracing(cfg, "gateway")],
     }
 
 

@@ -4,7 +4,8 @@ Per sequence the KV cache holds the committed tokens ``[0, L)`` and the engine r
 pending token (sampled, not yet run). ``verify`` writes every tree node at its own slot after
 ``L``, runs one forward over all nodes of all sequences, accepts a path per sequence with the
 lossless rules of ``specgrove.sampling``, commits the path's K/V to ``L+1 .. L+k`` and returns
-accepted tokens plus the bonus token (DESIGN "One step", 3).
+accepted tokens plus the bonus token (DESIGN "One step", 3). With tracing on, the phases are
+the spans ``target.forward``, ``target.accept`` and ``target.commit`` under the RPC's span.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from specgrove import telemetry
 from specgrove.kv import KVCacheExhausted
 from specgrove.runner import ForwardItem, ModelRunner
 from specgrove.sampling import accept_greedy, accept_sampled, make_generator, target_probs
@@ -77,7 +79,10 @@ class TargetEngine:
             self._seqs[r.seq_id] = _SeqState(r.sampling, make_generator(r.sampling.seed))
         items = [ForwardItem(r.seq_id, r.prompt_ids, range(len(r.prompt_ids))) for r in requests]
         try:
-            logits = self.runner.forward(items)
+            with telemetry.span("target.forward") as span:
+                if span is not None:
+                    span.set_attribute("specgrove.tokens", sum(len(r.prompt_ids) for r in requests))
+                logits = self.runner.forward(items)
         except BaseException:
             for r in requests:
                 self.release(r.seq_id)
@@ -105,20 +110,30 @@ class TargetEngine:
                 tree_mask=mask, all_logits=True,
             ))
         try:
-            logits = self.runner.forward(forward)
+            with telemetry.span("target.forward") as span:
+                if span is not None:
+                    span.set_attribute("specgrove.tokens", sum(len(it.tree) for it in items))
+                logits = self.runner.forward(forward)
         except BaseException:
             for it in items:
                 bm.rollback(it.seq_id)
             raise
         results, commits = [], []
-        for it, lg in zip(items, logits):
-            state = self._seqs[it.seq_id]
-            path, bonus = self._accept(it.tree, lg, state)
-            commits.append((it.seq_id, len(path) + 1, [0] + path))
-            state.pending = bonus
-            tokens = tuple(it.tree.token_ids[n] for n in path)
-            results.append(VerifyResult(it.seq_id, tokens, bonus, tuple(path)))
-        self.runner.commit_many(commits)
+        with telemetry.span("target.accept") as span:
+            for it, lg in zip(items, logits):
+                state = self._seqs[it.seq_id]
+                path, bonus = self._accept(it.tree, lg, state)
+                commits.append((it.seq_id, len(path) + 1, [0] + path))
+                state.pending = bonus
+                tokens = tuple(it.tree.token_ids[n] for n in path)
+                results.append(VerifyResult(it.seq_id, tokens, bonus, tuple(path)))
+            if span is not None:
+                span.set_attribute("specgrove.accepted_tokens",
+                                   sum(len(r.accepted_tokens) for r in results))
+        with telemetry.span("target.commit") as span:
+            self.runner.commit_many(commits)
+            if span is not None:
+                span.set_attribute("specgrove.kv.blocks_used", bm.num_blocks - bm.num_free_blocks)
         return results
 
     def release(self, seq_id: int) -> None:

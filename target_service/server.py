@@ -2,6 +2,7 @@
 
 The server listens at once with health NOT_SERVING, loads the model on the engine thread, then
 reports SERVING. SIGTERM stops admitting and lets calls in flight finish within the grace period.
+With tracing on, every RPC gets a server span parented on the caller's (gRPC metadata).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from specgrove.config import ModelRunConfig
 from specgrove.pb.v1 import target_pb2, target_pb2_grpc
 from specgrove.runner import load_runner
 from specgrove.service import GrpcService, run_until_signal
+from specgrove.telemetry import Telemetry, TelemetryConfig, start_telemetry
 from target_service.engine import TargetEngine
 from target_service.servicer import TargetLimits, TargetServicer
 
@@ -28,6 +30,7 @@ class TargetServerConfig:
     limits: TargetLimits = field(default_factory=TargetLimits)
     max_model_len: int | None = None
     grace_s: float = 10.0
+    telemetry: TelemetryConfig = TelemetryConfig()
 
 
 def build_engine(cfg: TargetServerConfig) -> TargetEngine:
@@ -41,12 +44,16 @@ class TargetServer:
         self.cfg = cfg
         self.servicer = TargetServicer(cfg.run.model, cfg.run.dtype, cfg.limits)
         self.grpc: GrpcService | None = None
+        self.telemetry = Telemetry.off()
         self.port = 0
         self._loaded: asyncio.Future | None = None
 
     async def start(self) -> int:
         """Listen (NOT_SERVING) and start loading the model; returns the bound port."""
-        self.grpc = GrpcService([SERVICE_NAME])  # grpc.aio servers bind to the running loop
+        self.telemetry = start_telemetry(self.cfg.telemetry, "specgrove-target")
+        self.servicer.tracer = self.telemetry.tracer
+        # grpc.aio servers bind to the running loop: created here, not in __init__.
+        self.grpc = GrpcService([SERVICE_NAME], self.telemetry.server_interceptors())
         target_pb2_grpc.add_TargetServiceServicer_to_server(self.servicer, self.grpc.server)
         self.port = await self.grpc.start(self.cfg.host, self.cfg.port)
         self._loaded = asyncio.ensure_future(self._load())
@@ -67,6 +74,7 @@ class TargetServer:
             self._loaded.cancel()
         await self.grpc.stop(self.cfg.grace_s if grace_s is None else grace_s)
         self.servicer.thread.shutdown()
+        self.telemetry.shutdown()
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM / SIGINT (graceful) or a loading failure (raised)."""

@@ -2,6 +2,8 @@
 
 Each batch is validated as a whole before any state changes, so a bad item fails its RPC with
 INVALID_ARGUMENT (naming ``items[i]`` and the field) and leaves every sequence as it was.
+With tracing on, the server spans of ``Prefill`` and ``Verify`` carry the batch's
+``specgrove.*`` attributes (batch size, tree nodes and depth, accepted tokens, KV blocks).
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 
 from specgrove.kv import KVCacheExhausted
 from specgrove.pb.v1 import common_pb2, target_pb2, target_pb2_grpc
+from specgrove import telemetry
 from specgrove.service import EngineThread, NotReady, rpc
 from specgrove.tree import TreeError
 from specgrove.types import InvalidRequest, PrefillRequest, TargetInfo, VerifyItem
@@ -26,6 +29,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         self.engine: TargetEngine | None = None  # set once the model is loaded
         self.thread = EngineThread("target-engine")
         self.model_name, self.dtype, self.limits, self.tp_size = model_name, dtype, limits, tp_size
+        self.tracer = None  # set by the server when tracing is on (see specgrove.service.rpc)
 
     def _engine(self) -> TargetEngine:
         if self.engine is None:
@@ -56,8 +60,13 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                 f"{running} sequences running; {len(reqs)} more exceed max_num_seqs "
                 f"{self.limits.max_num_seqs}")
         results = await self.thread.run(eng.prefill, reqs)
+        cap = eng.capacity()
+        if (span := telemetry.recording_span()) is not None:
+            span.set_attributes({"specgrove.batch_size": len(reqs),
+                                 "specgrove.prompt_tokens": sum(len(r.prompt_ids) for r in reqs),
+                                 **_kv_attributes(cap)})
         return target_pb2.PrefillBatchResult(results=[r.to_pb() for r in results],
-                                             free_blocks=eng.capacity().free_blocks)
+                                             free_blocks=cap.free_blocks)
 
     @rpc
     async def Verify(self, request: target_pb2.VerifyBatch, context):
@@ -70,8 +79,16 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                                      f"limit of {self.limits.max_tree_nodes}")
             items.append(item)
         results = await self.thread.run(eng.verify, items)
+        cap = eng.capacity()
+        if (span := telemetry.recording_span()) is not None:
+            span.set_attributes({
+                "specgrove.batch_size": len(items),
+                "specgrove.tree.nodes": sum(len(it.tree) for it in items),
+                "specgrove.tree.depth": max((it.tree.depth for it in items), default=0),
+                "specgrove.accepted_tokens": sum(len(r.accepted_tokens) for r in results),
+                **_kv_attributes(cap)})
         return target_pb2.VerifyBatchResult(results=[r.to_pb() for r in results],
-                                            free_blocks=eng.capacity().free_blocks)
+                                            free_blocks=cap.free_blocks)
 
     @rpc
     async def Release(self, request: common_pb2.ReleaseRequest, context):
@@ -83,6 +100,11 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             return eng.capacity().free_blocks
 
         return common_pb2.ReleaseResponse(free_blocks=await self.thread.run(release_all))
+
+
+def _kv_attributes(cap) -> dict:
+    return {"specgrove.kv.blocks_used": cap.total_blocks - cap.free_blocks,
+            "specgrove.kv.blocks_total": cap.total_blocks}
 
 
 def _convert(where: str, from_pb, msg):

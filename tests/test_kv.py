@@ -58,7 +58,7 @@ def test_many_cycles_with_early_release_return_every_block(tiny_dirs):
     engine = target_engine(tiny_dirs["llama"], block_size=3, num_blocks=200, shuffle_seed=1)
     drafts = draft_engine(tiny_dirs["draft"], block_size=3, num_blocks=200)
     start = engine.runner.blocks.num_free_blocks
-    draft_start = drafts.drafters["model"].runner.blocks.num_free_blocks
+    draft_start = drafts.registry.resolve("model").drafter.runner.blocks.num_free_blocks
     rng = random.Random(0)
     for cycle in range(6):
         reqs = [
@@ -69,7 +69,7 @@ def test_many_cycles_with_early_release_return_every_block(tiny_dirs):
         ]
         generate(engine, drafts, reqs)
         assert engine.runner.blocks.num_free_blocks == start
-    assert drafts.drafters["model"].runner.blocks.num_free_blocks == draft_start
+    assert drafts.registry.resolve("model").drafter.runner.blocks.num_free_blocks == draft_start
     # Released mid-generation (as a cancelled request would be): blocks come back too.
     pending = engine.prefill([PrefillRequest(99, (1, 2, 3, 4, 5))])[0].first_token
     engine.verify([VerifyItem(99, TokenTree((pending, 7), (-1, 0)))])

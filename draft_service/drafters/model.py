@@ -7,7 +7,9 @@ the frontier nodes of every sequence go through the model together, each attendi
 committed prefix plus its own ancestors (the same tree attention as the target). Afterwards the
 tree slots are dropped; the committed tokens, root included, stay. Draft tokens are the top-k
 of the draft distribution, so the trees are deterministic and the target's deterministic-draft
-rule keeps decoding lossless.
+rule keeps decoding lossless. With tracing on, each of those forwards is a ``draft.expand``
+span: ``specgrove.tree.depth`` is the depth of the nodes it expands (0: the catch-up, whose last
+row expands the root).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import torch
 
 from draft_service.drafters.base import DraftInput
 from draft_service.trees import TreeGrowth
+from specgrove import telemetry
 from specgrove.kv import KVCacheExhausted
 from specgrove.runner import ForwardItem, ModelRunner
 from specgrove.tree import TokenTree
@@ -56,22 +59,30 @@ class ModelDrafter:
     def _grow(self, inputs: Sequence[DraftInput]) -> list[TokenTree]:
         growths = [TreeGrowth.start(inp.history[-1], inp.budget) for inp in inputs]
         depth_limit = [min(inp.budget.depth, self.max_len - len(inp.history) - 1) for inp in inputs]
-        root_logits = self._catch_up(inputs)
-        for g, lg in zip(growths, root_logits):
-            self._add_top_children(g, 0, lg[-1], 0)
+        with telemetry.span("draft.expand") as span:
+            root_logits = self._catch_up(inputs)
+            for g, lg in zip(growths, root_logits):
+                self._add_top_children(g, 0, lg[-1], 0)
+            if span is not None:
+                span.set_attributes({"specgrove.tree.depth": 0, "specgrove.expand.nodes": len(inputs),
+                                     "specgrove.batch_size": len(inputs)})
         fed: list[list[int]] = [[] for _ in inputs]  # tree nodes in the draft KV, in write order
         for depth in range(1, max(depth_limit)):
-            batch, owners = [], []
-            for i, (inp, g) in enumerate(zip(inputs, growths)):
-                if depth >= depth_limit[i]:
-                    continue
-                frontier = g.next_frontier(depth)
-                batch.append(self._frontier_item(inp.seq_id, g, fed[i], frontier, len(inp.history)))
-                owners.append((i, frontier))
-                fed[i] += frontier
-            for (i, frontier), lg in zip(owners, self.runner.forward(batch)):
-                for row, node in enumerate(frontier):
-                    self._add_top_children(growths[i], node, lg[row], depth)
+            with telemetry.span("draft.expand") as span:
+                batch, owners = [], []
+                for i, (inp, g) in enumerate(zip(inputs, growths)):
+                    if depth >= depth_limit[i]:
+                        continue
+                    frontier = g.next_frontier(depth)
+                    batch.append(self._frontier_item(inp.seq_id, g, fed[i], frontier, len(inp.history)))
+                    owners.append((i, frontier))
+                    fed[i] += frontier
+                for (i, frontier), lg in zip(owners, self.runner.forward(batch)):
+                    for row, node in enumerate(frontier):
+                        self._add_top_children(growths[i], node, lg[row], depth)
+                if span is not None:
+                    span.set_attributes({"specgrove.tree.depth": depth, "specgrove.batch_size": len(batch),
+                                         "specgrove.expand.nodes": sum(len(f) for _, f in owners)})
         for inp in inputs:
             self.runner.blocks.rollback(inp.seq_id)
         return [g.finish() for g in growths]
