@@ -70,6 +70,9 @@ def generate(**opts) -> None:
 @click.option("--max-num-seqs", default=256, show_default=True, type=int)
 @click.option("--max-tree-nodes", default=64, show_default=True, type=int)
 @click.option("--max-model-len", default=None, type=int, help="Cap the context [model's].")
+@click.option("--tp", default=1, show_default=True, type=int,
+              help="Tensor-parallel ranks; this process is rank 0 and starts the others "
+                   "(under torchrun: WORLD_SIZE ranks, each running this command).")
 @serve_cmds.model_options
 @serve_cmds.tracing_options
 def target(**opts) -> None:
@@ -126,6 +129,7 @@ def gateway(**opts) -> None:
               type=click.Choice(["float32", "bfloat16", "float16", "float64"]))
 @click.option("--kv-blocks", default=2048, show_default=True, type=int)
 @click.option("--default-tree", default="8:4", show_default=True)
+@click.option("--tp", default=1, show_default=True, type=int, help="Tensor-parallel target ranks.")
 @click.option("--trace-file", default=None, metavar="PATH",
               help="All three services append trace spans to PATH (see `specgrove trace`).")
 @click.option("--otlp-endpoint", default=None, metavar="URL",

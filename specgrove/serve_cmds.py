@@ -57,14 +57,21 @@ def _run_config(model: str, o: dict) -> ModelRunConfig:
 
 
 def run_target(target: str, port: int, max_num_seqs: int, max_tree_nodes: int,
-               max_model_len: int | None, **o) -> None:
+               max_model_len: int | None, tp: int, **o) -> None:
+    from target_service.builder import build_runner
     from target_service.server import TargetServer, TargetServerConfig
     from target_service.servicer import TargetLimits
+    from target_service.tp.env import RankEnv
 
     logging.basicConfig(level=o["log_level"], format="%(asctime)s %(name)s %(message)s")
-    cfg = TargetServerConfig(_run_config(target, o), o["host"], port,
-                             TargetLimits(max_num_seqs, max_tree_nodes), max_model_len,
-                             telemetry=_telemetry(o))
+    run = _run_config(target, o)
+    rank = RankEnv.from_environ()
+    if rank is not None and rank.rank != 0:  # a worker rank under torchrun: serve, then exit
+        build_runner(run, rank.world_size)
+        return
+    cfg = TargetServerConfig(run, o["host"], port, TargetLimits(max_num_seqs, max_tree_nodes),
+                             max_model_len, telemetry=_telemetry(o),
+                             tp=rank.world_size if rank is not None else tp)
     asyncio.run(TargetServer(cfg).serve_forever())
 
 

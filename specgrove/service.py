@@ -37,6 +37,10 @@ class NotReady(RuntimeError):
     """The service is still loading its model."""
 
 
+class ServiceDown(RuntimeError):
+    """The service can no longer serve at all (e.g. a tensor-parallel rank died): it must stop."""
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, (InvalidRequest, TreeError)):
         return grpc.StatusCode.INVALID_ARGUMENT
@@ -44,7 +48,7 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, KVCacheExhausted):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, NotReady):
+    if isinstance(exc, (NotReady, ServiceDown)):
         return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 
@@ -63,6 +67,8 @@ def rpc(method: Callable[..., Awaitable]):
             code = status_for(exc)
             if code == grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method.__name__)
+            if isinstance(exc, ServiceDown) and getattr(self, "on_fatal", None) is not None:
+                self.on_fatal(exc)  # the server reports NOT_SERVING and shuts down
             await context.abort(code, str(exc) or type(exc).__name__)
 
     return wrapper

@@ -36,7 +36,7 @@ class UpConfig:
     default_tree: str
     trace_file: str | None = None
     otlp_endpoint: str | None = None
-    extra_target: tuple[str, ...] = ()
+    tp: int = 1
     startup_timeout_s: float = 900.0
     grace_s: float = 15.0
 
@@ -58,7 +58,7 @@ def _commands(cfg: UpConfig) -> dict[str, list[str]]:
     drafters = [x for d in (cfg.drafters or ("lookup=ngram",)) for x in ("--drafter", d)]
     return {
         "target": cli + ["target", "--target", cfg.target, "--port", str(cfg.target_port),
-                         "--dtype", cfg.dtype, "--kv-blocks", str(cfg.kv_blocks), *cfg.extra_target,
+                         "--dtype", cfg.dtype, "--kv-blocks", str(cfg.kv_blocks), "--tp", str(cfg.tp),
                          *_tracing(cfg, "target")],
         "draft": cli + ["draft", "--target-vocab-from", cfg.target, "--port", str(cfg.draft_port),
                         "--dtype", cfg.dtype, *drafters, *_tracing(cfg, "draft")],

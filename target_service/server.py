@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 from specgrove.config import ModelRunConfig
 from specgrove.pb.v1 import target_pb2, target_pb2_grpc
-from specgrove.runner import load_runner
 from specgrove.service import GrpcService, run_until_signal
 from specgrove.telemetry import Telemetry, TelemetryConfig, start_telemetry
+from target_service.builder import build_runner
 from target_service.engine import TargetEngine
 from target_service.servicer import TargetLimits, TargetServicer
 
@@ -31,18 +31,20 @@ class TargetServerConfig:
     max_model_len: int | None = None
     grace_s: float = 10.0
     telemetry: TelemetryConfig = TelemetryConfig()
+    tp: int = 1  # tensor-parallel ranks (this process is rank 0)
+    tp_timeout_s: float = 120.0
 
 
 def build_engine(cfg: TargetServerConfig) -> TargetEngine:
-    run = cfg.run
-    runner = load_runner(run.model, run.torch_dtype, run.torch_device, run.kv, run.kernel_backend)
-    return TargetEngine(runner, cfg.max_model_len)
+    return TargetEngine(build_runner(cfg.run, cfg.tp, cfg.tp_timeout_s), cfg.max_model_len)
 
 
 class TargetServer:
     def __init__(self, cfg: TargetServerConfig) -> None:
         self.cfg = cfg
-        self.servicer = TargetServicer(cfg.run.model, cfg.run.dtype, cfg.limits)
+        self.servicer = TargetServicer(cfg.run.model, cfg.run.dtype, cfg.limits, cfg.tp)
+        self.servicer.on_fatal = self._fatal
+        self.fatal: BaseException | None = None
         self.grpc: GrpcService | None = None
         self.telemetry = Telemetry.off()
         self.port = 0
@@ -69,11 +71,20 @@ class TargetServer:
         assert self._loaded is not None, "start() first"
         await asyncio.shield(self._loaded)
 
+    def _fatal(self, exc: BaseException) -> None:
+        """Serving is over (a tensor-parallel rank died): say so, report NOT_SERVING, stop."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("target service going down: %s", exc)
+            asyncio.get_running_loop().create_task(self.stop(0))
+
     async def stop(self, grace_s: float | None = None) -> None:
         if self._loaded is not None and not self._loaded.done():
             self._loaded.cancel()
         await self.grpc.stop(self.cfg.grace_s if grace_s is None else grace_s)
         self.servicer.thread.shutdown()
+        if self.servicer.engine is not None:
+            self.servicer.engine.runner.close()
         self.telemetry.shutdown()
 
     async def serve_forever(self) -> None:
@@ -85,3 +96,5 @@ class TargetServer:
             await self.stop(0)
             raise
         await run_until_signal(self.stop, self.grpc.server.wait_for_termination())
+        if self.fatal is not None:
+            raise self.fatal

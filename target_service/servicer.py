@@ -29,6 +29,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
         self.engine: TargetEngine | None = None  # set once the model is loaded
         self.thread = EngineThread("target-engine")
         self.model_name, self.dtype, self.limits, self.tp_size = model_name, dtype, limits, tp_size
+        self.on_fatal = None  # set by the server: called with the error when serving is over
         self.tracer = None  # set by the server when tracing is on (see specgrove.service.rpc)
 
     def _engine(self) -> TargetEngine:

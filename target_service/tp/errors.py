@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import signal
 
+from specgrove.service import ServiceDown
+
 
 class TPShapeError(ValueError):
     """The model cannot be split over the requested number of ranks."""
 
 
-class TPFailure(RuntimeError):
+class TPFailure(ServiceDown):
     """The tensor-parallel group is unusable (ranks out of step); the service must restart."""
 
 
