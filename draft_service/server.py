@@ -4,7 +4,6 @@ With tracing on, every RPC gets a server span parented on the caller's (gRPC met
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -15,8 +14,8 @@ from draft_service.servicer import DraftServicer
 from specgrove.config import ModelRunConfig
 from specgrove.modeling.loader import load_config, resolve_model
 from specgrove.pb.v1 import draft_pb2, draft_pb2_grpc
-from specgrove.service import GrpcService, run_until_signal
-from specgrove.telemetry import Telemetry, TelemetryConfig, start_telemetry
+from specgrove.service_server import ServiceServer
+from specgrove.telemetry import TelemetryConfig
 from specgrove.types import InvalidRequest
 
 log = logging.getLogger("specgrove.draft")
@@ -47,14 +46,14 @@ def target_vocab_size(name_or_path: str) -> int:
     return load_config(resolve_model(name_or_path)).vocab_size
 
 
-class DraftServer:
+class DraftServer(ServiceServer):
+    service_name = SERVICE_NAME
+    telemetry_name = "specgrove-draft"
+
     def __init__(self, cfg: DraftServerConfig, vocab_size: int) -> None:
+        super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry)
         self.cfg = cfg
         self.servicer = DraftServicer(vocab_size)
-        self.grpc: GrpcService | None = None
-        self.telemetry = Telemetry.off()
-        self.port = 0
-        self._loaded: asyncio.Future | None = None
 
     def _builder(self, spec: str):
         run = self.cfg.run
@@ -73,39 +72,15 @@ class DraftServer:
             raise InvalidRequest("default", f"no drafter named {default!r} was given")
         return registry
 
-    async def start(self) -> int:
-        self.telemetry = start_telemetry(self.cfg.telemetry, "specgrove-draft")
+    def _register(self, server) -> None:
         self.servicer.tracer = self.telemetry.tracer
-        # grpc.aio servers bind to the running loop: created here, not in __init__.
-        self.grpc = GrpcService([SERVICE_NAME], self.telemetry.server_interceptors())
-        draft_pb2_grpc.add_DraftServiceServicer_to_server(self.servicer, self.grpc.server)
-        self.port = await self.grpc.start(self.cfg.host, self.cfg.port)
-        self._loaded = asyncio.ensure_future(self._load())
-        return self.port
+        draft_pb2_grpc.add_DraftServiceServicer_to_server(self.servicer, server)
 
     async def _load(self) -> None:
         registry = await self.servicer.loader.run(self._build_registry)
         self.servicer.engine = DraftEngine(registry)
-        await self.grpc.set_serving()
         log.info("draft service serving on %s:%d with %s", self.cfg.host, self.port,
                  [i.name for i in registry.list()])
 
-    async def wait_ready(self) -> None:
-        assert self._loaded is not None, "start() first"
-        await asyncio.shield(self._loaded)
-
-    async def stop(self, grace_s: float | None = None) -> None:
-        if self._loaded is not None and not self._loaded.done():
-            self._loaded.cancel()
-        await self.grpc.stop(self.cfg.grace_s if grace_s is None else grace_s)
+    def _close(self) -> None:
         self.servicer.shutdown()
-        self.telemetry.shutdown()
-
-    async def serve_forever(self) -> None:
-        await self.start()
-        try:
-            await self.wait_ready()
-        except BaseException:
-            await self.stop(0)
-            raise
-        await run_until_signal(self.stop, self.grpc.server.wait_for_termination())

@@ -65,6 +65,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                                  operation="chat" if chat else "text_completion"))
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
+        await self.state.admit()
         try:
             job = self._submit(request)
         except InvalidRequest as exc:

@@ -105,6 +105,7 @@ async def _generate(state: GatewayState, request: Request, model_cls):
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         spec = replace(spec, request_id=rid, operation="chat" if chat else "text_completion")
         # The caller's W3C trace context (traceparent / tracestate headers), if any.
+        await state.admit()
         job = state.submit(spec, extract(request.headers) if state.tracing else None)
     except InvalidRequest as exc:
         return error(400, str(exc), exc.field)

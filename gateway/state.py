@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import grpc
+from asyncio_throttle import Throttler
 
 from gateway.job import JobSpec
 from gateway.metrics import GatewayMetrics
@@ -29,6 +30,7 @@ class GatewayConfig:
     default_max_tokens: int = 16  # /v1/completions without max_tokens (OpenAI's default)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     api_keys: tuple[str, ...] = ()
+    max_requests_per_second: int = 0  # admission rate limit (0 = none); excess requests wait
     max_body_bytes: int = 1 << 20
     rpc_timeout_s: float = 30.0
     grace_s: float = 30.0
@@ -46,6 +48,8 @@ class GatewayState:
                                  lambda: obs.kv_usage(target.free_blocks))
         self.drafters: set[str] = set()
         self.draining = False
+        rate = cfg.max_requests_per_second
+        self.throttle = Throttler(rate_limit=rate, period=1.0) if rate > 0 else None
 
     @property
     def model_id(self) -> str:
@@ -60,6 +64,11 @@ class GatewayState:
     @property
     def tracing(self) -> bool:
         return self.observer.tracer is not None
+
+    async def admit(self) -> None:
+        """Wait for the admission rate limit (smooths bursts; the queue limit still answers 429)."""
+        if self.throttle is not None:
+            await self.throttle.acquire()
 
     def submit(self, spec: JobSpec, trace_parent=None):
         if self.draining:

@@ -55,3 +55,16 @@ def tree_budget(
     if budget.max_nodes < 1 or budget.max_depth < 0 or budget.top_k < 1:
         raise InvalidRequest("tree", "nodes must be >= 1, depth >= 0 and top-k >= 1")
     return budget
+
+
+def parse_tree_option(text: str) -> TreeBudget:
+    """``NODES:DEPTH[:TOP_K]`` (dynamic) or a static shape ``4,2,2,1`` (a lone ``4`` is static)."""
+    if ":" not in text:
+        return tree_budget(text, None, None, None)
+    try:
+        parts = [int(x) for x in text.split(":")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (2, 3):
+        raise InvalidRequest("tree", f"expected NODES:DEPTH[:TOP_K] or a shape like 4,2,2,1; got {text!r}")
+    return tree_budget(None, parts[0], parts[1], parts[2] if len(parts) == 3 else None)

@@ -88,19 +88,16 @@ def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, p
 
 def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, tokenizer: str | None,
                 api_keys: tuple[str, ...], max_batch: int, max_waiting: int, default_tree: str,
-                log_level: str, **tracing) -> None:
+                max_requests_per_second: int, log_level: str, **tracing) -> None:
     from gateway.orchestrator import SchedulerConfig
     from gateway.server import GatewayServer
     from gateway.state import GatewayConfig
-    from specgrove.config import tree_budget
+    from specgrove.config import parse_tree_option
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(message)s")
-    if "," in default_tree and default_tree.count(":") == 0:
-        budget = tree_budget(default_tree, None, None, None)
-    else:  # NODES:DEPTH[:TOP_K]
-        parts = [int(x) for x in default_tree.split(":")]
-        budget = tree_budget(None, parts[0], parts[1], parts[2] if len(parts) > 2 else None)
-    cfg = GatewayConfig(target, draft, host, port, grpc_port, tokenizer, budget,
+    cfg = GatewayConfig(target, draft, host, port, grpc_port, tokenizer,
+                        parse_tree_option(default_tree),
                         scheduler=SchedulerConfig(max_batch, max_waiting), api_keys=api_keys,
+                        max_requests_per_second=max_requests_per_second,
                         telemetry=_telemetry(tracing))
     asyncio.run(GatewayServer(cfg).serve_forever())

@@ -241,3 +241,21 @@ def test_gateway_imports_without_torch():
             "import gateway.server, gateway.http_api, gateway.grpc_api, specgrove.clients; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_admission_rate_limit_spaces_requests(tiny_dirs):
+    from gateway.state import GatewayState
+    from specgrove.clients import DraftClient, TargetClient
+    from specgrove.types import TargetInfo
+
+    async def main():
+        info = TargetInfo("m", 320, 512, 4, 100, 100, 1, (2,), 8, 32, "float32")
+        state = GatewayState(GatewayConfig("127.0.0.1:1", "127.0.0.1:1", max_requests_per_second=5),
+                             TargetClient("127.0.0.1:1"), DraftClient("127.0.0.1:1"), info,
+                             TextCodec(tiny_dirs["llama"]))
+        start = time.monotonic()
+        for _ in range(11):  # 5 per second: the 11th waits for the third second to begin
+            await state.admit()
+        return time.monotonic() - start
+
+    assert asyncio.run(main()) >= 2.0
