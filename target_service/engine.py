@@ -79,10 +79,7 @@ class TargetEngine:
             self._seqs[r.seq_id] = _SeqState(r.sampling, make_generator(r.sampling.seed))
         items = [ForwardItem(r.seq_id, r.prompt_ids, range(len(r.prompt_ids))) for r in requests]
         try:
-            with telemetry.span("target.forward") as span:
-                if span is not None:
-                    span.set_attribute("specgrove.tokens", sum(len(r.prompt_ids) for r in requests))
-                logits = self.runner.forward(items)
+            logits = self._forward(items)
         except BaseException:
             for r in requests:
                 self.release(r.seq_id)
@@ -110,10 +107,7 @@ class TargetEngine:
                 tree_mask=mask, all_logits=True,
             ))
         try:
-            with telemetry.span("target.forward") as span:
-                if span is not None:
-                    span.set_attribute("specgrove.tokens", sum(len(it.tree) for it in items))
-                logits = self.runner.forward(forward)
+            logits = self._forward(forward)
         except BaseException:
             for it in items:
                 bm.rollback(it.seq_id)
@@ -142,6 +136,12 @@ class TargetEngine:
         self.runner.blocks.free(seq_id)
 
     # --- internals ---------------------------------------------------------------------------
+    def _forward(self, items: list[ForwardItem]) -> list[torch.Tensor]:
+        with telemetry.span("target.forward") as span:
+            if span is not None:
+                span.set_attribute("specgrove.tokens", sum(len(it.token_ids) for it in items))
+            return self.runner.forward(items)
+
     def _accept(self, tree: TokenTree, logits: torch.Tensor, state: _SeqState):
         if state.sampling.greedy:
             return accept_greedy(tree, logits.argmax(dim=-1).tolist())

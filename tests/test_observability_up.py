@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,18 +11,9 @@ import time
 import httpx
 
 from specgrove.tracefile import read_spans
+from tests.helpers import free_ports
 
 TRACE_ID, PARENT_ID = "5b8aa5a2d2c872e8321cf37308d69df2", "051581bf3cb55c13"
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float = 180.0) -> None:
@@ -42,7 +32,7 @@ def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float = 180.0) ->
 def test_up_writes_one_trace_across_three_processes(tiny_dirs, tmp_path):
     trace = tmp_path / "trace.jsonl"
     model = str(tiny_dirs["llama"])
-    http, grpc_port, target_port, draft_port = _free_ports(4)
+    http, grpc_port, target_port, draft_port = free_ports(4)
     cmd = [sys.executable, "-m", "specgrove.cli", "up", "--target", model, "--port", str(http),
            "--grpc-port", str(grpc_port), "--target-port", str(target_port), "--draft-port",
            str(draft_port), "--kv-blocks", "256", "--default-tree", "6:3", "--trace-file", str(trace)]

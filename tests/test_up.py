@@ -11,15 +11,7 @@ import time
 import httpx
 import openai
 
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+from tests.helpers import free_ports
 
 
 def _listening(port: int) -> bool:
@@ -28,7 +20,7 @@ def _listening(port: int) -> bool:
 
 
 def test_up_serves_and_stops_cleanly(tiny_dirs):
-    http, grpc_port, tport, dport = _free_ports(4)
+    http, grpc_port, tport, dport = free_ports(4)
     exe = os.path.join(os.path.dirname(sys.executable), "specgrove")
     proc = subprocess.Popen(
         [exe, "up", "--target", str(tiny_dirs["llama"]), "--drafter", "lookup=ngram",
