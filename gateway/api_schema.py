@@ -117,7 +117,8 @@ def job_spec(req: _Common, prompt_ids: list[int], info: TargetInfo, default_budg
                                                  f"exceed the target's limit of {info.max_tree_nodes}")
     stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0), req.seed)
-    return JobSpec(tuple(prompt_ids), max_tokens, sampling, stops, drafter, budget)
+    return JobSpec(tuple(prompt_ids), max_tokens, sampling, stops, drafter, budget,
+                   adaptive=req.speculation is None)
 
 
 def prompt_ids_of(req: CompletionRequest | ChatRequest, codec: TextCodec) -> list[int]:

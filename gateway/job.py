@@ -24,6 +24,7 @@ class JobSpec:
     stop: tuple[str, ...] = ()
     drafter: str = ""  # "" = the draft service's default
     budget: TreeBudget = TreeBudget.off()
+    adaptive: bool = False  # on the gateway's default speculation: the controller may skip it
     request_id: str = ""  # the response's id, for traces
     operation: str = "text_completion"  # or "chat" (the GenAI semantic conventions' names)
 

@@ -25,13 +25,14 @@ from dataclasses import dataclass, replace
 
 import grpc
 
+from gateway.controller import SpeculationController
 from gateway.job import Failed, Job, JobSpec
 from gateway.metrics import GatewayMetrics
 from gateway.observe import Observer
 from gateway.text import TextCodec
 from specgrove.clients import DraftClient, TargetClient
 from specgrove.speculate import clamp_budget
-from specgrove.tree import TokenTree
+from specgrove.tree import TokenTree, static_tree_size
 from specgrove.types import PrefillRequest, ProposeRequest, TargetInfo, TreeBudget, VerifyItem
 
 log = logging.getLogger("specgrove.gateway")
@@ -42,6 +43,7 @@ class SchedulerConfig:
     max_batch: int = 32  # sequences per step
     max_waiting: int = 256  # queued requests beyond which new ones get 429
     draft_retry_s: float = 5.0  # how long to decode without the draft service after a failure
+    adaptive_speculation: bool = True  # skip default speculation in steps where it would lose
 
 
 class Overloaded(RuntimeError):
@@ -58,6 +60,7 @@ class Orchestrator:
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []
         self.free_blocks = info.free_blocks
+        self.controller = SpeculationController()
         self.draft_down_until = 0.0
         self.target_ok = True
         self._ids = itertools.count(1)
@@ -161,6 +164,7 @@ class Orchestrator:
         jobs = list(self.running)
         with self.obs.step(jobs) as span:
             trees, names = await self._propose(jobs)
+            started = time.monotonic()
             try:
                 results = await self.target.verify([VerifyItem(j.seq_id, t) for j, t in zip(jobs, trees)])
             except grpc.aio.AioRpcError as exc:
@@ -169,6 +173,7 @@ class Orchestrator:
                 await self._preempt(jobs[-1])
                 return
             self.target_ok = True
+            self._observe(time.monotonic() - started, jobs, trees, names, results)
             finished = []
             for job, tree, name, res in zip(jobs, trees, names, results):
                 st = job.stats
@@ -176,7 +181,8 @@ class Orchestrator:
                 st.drafted_tokens += len(tree) - 1
                 st.accepted_tokens += len(res.accepted_tokens)
                 st.max_batch_size = max(st.max_batch_size, len(jobs))
-                st.effective_drafter = name
+                if len(tree) > 1 or not st.effective_drafter:
+                    st.effective_drafter = name  # the drafter of its last speculative step
                 self.obs.step_item(span, job, tree, name, res)  # before add_tokens may end the job
                 job.new_tokens = res.new_tokens
                 if not job.add_tokens(res.new_tokens, len(res.accepted_tokens)) or job.cancelled:
@@ -187,10 +193,12 @@ class Orchestrator:
     async def _propose(self, jobs: list[Job]) -> tuple[list[TokenTree], list[str]]:
         """Trees from the draft service, or root-only trees while it is unavailable."""
         root_only = [TokenTree.root_only(j.tokens[-1]) for j in jobs]
-        spec = [j for j in jobs if j.spec.budget.depth > 0]
+        spec = self._speculating(jobs)
         if not spec or time.monotonic() < self.draft_down_until:
-            return root_only, ["none" if j.spec.budget.depth == 0 else "none (draft unavailable)"
-                               for j in jobs]
+            down = time.monotonic() < self.draft_down_until
+            return root_only, ["none" if j.spec.budget.depth == 0 else
+                               "none (draft unavailable)" if down else "none (adaptive)" for j in jobs]
+        started = time.monotonic()
         try:
             unsynced = [j for j in spec if not j.draft_synced]
             if unsynced:
@@ -206,10 +214,37 @@ class Orchestrator:
             for j in jobs:
                 j.draft_synced = False
             return root_only, ["none (draft unavailable)"] * len(jobs)
+        self.controller.observe_draft(time.monotonic() - started)
         by_seq = {p.seq_id: p for p in props}
         trees = [by_seq[j.seq_id].tree if j.seq_id in by_seq else t for j, t in zip(jobs, root_only)]
-        names = [by_seq[j.seq_id].drafter if j.seq_id in by_seq else "none" for j in jobs]
+        names = [by_seq[j.seq_id].drafter if j.seq_id in by_seq else
+                 "none" if j.spec.budget.depth == 0 else "none (adaptive)" for j in jobs]
         return trees, names
+
+    def _speculating(self, jobs: list[Job]) -> list[Job]:
+        """The jobs that draft this step: explicit settings always, defaults if it pays."""
+        spec = [j for j in jobs if j.spec.budget.depth > 0]
+        auto = [j for j in spec if j.spec.adaptive]
+        if not auto or not self.cfg.adaptive_speculation:
+            return spec
+        nodes = len(jobs) - len(spec) + sum(self._max_nodes(self._budget(j)) for j in spec)
+        drafters = sorted({j.spec.drafter for j in auto})
+        if self.controller.should_speculate(len(jobs), nodes, drafters):
+            return spec
+        return [j for j in spec if not j.spec.adaptive]
+
+    @staticmethod
+    def _max_nodes(budget: TreeBudget) -> int:
+        return static_tree_size(budget.branching) if budget.is_static else budget.max_nodes
+
+    def _observe(self, seconds: float, jobs: list[Job], trees: list[TokenTree], names: list[str],
+                 results) -> None:
+        """Feed the controller: verify time by total nodes; accepted tokens per drafted job
+        (a drafter that found nothing counts as 0, so gains are not overestimated)."""
+        self.controller.observe_verify(sum(len(t) for t in trees), seconds)
+        for job, name, res in zip(jobs, names, results):
+            if job.spec.adaptive and not name.startswith("none"):
+                self.controller.observe_accepted(job.spec.drafter, len(res.accepted_tokens))
 
     def _budget(self, job: Job) -> TreeBudget:
         """The job's budget clamped to its remaining tokens, the context and the node limit."""

@@ -107,6 +107,8 @@ def draft(**opts) -> None:
 @click.option("--max-waiting", default=256, show_default=True, type=int, help="Queue before 429.")
 @click.option("--max-requests-per-second", default=0, show_default=True, type=int,
               help="Admission rate limit; excess requests wait (0 = none).")
+@click.option("--adaptive-speculation/--no-adaptive-speculation", default=True, show_default=True,
+              help="Skip the default speculation in steps where measured costs say it loses.")
 @click.option("--default-tree", default="8:4", show_default=True,
               help="Default speculation: NODES:DEPTH[:TOP_K] (dynamic) or a static shape 4,2,2,1.")
 @click.option("--log-level", default="INFO", show_default=True)

@@ -88,7 +88,8 @@ def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, p
 
 def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, tokenizer: str | None,
                 api_keys: tuple[str, ...], max_batch: int, max_waiting: int, default_tree: str,
-                max_requests_per_second: int, log_level: str, **tracing) -> None:
+                max_requests_per_second: int, adaptive_speculation: bool, log_level: str,
+                **tracing) -> None:
     from gateway.orchestrator import SchedulerConfig
     from gateway.server import GatewayServer
     from gateway.state import GatewayConfig
@@ -97,7 +98,9 @@ def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, t
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(message)s")
     cfg = GatewayConfig(target, draft, host, port, grpc_port, tokenizer,
                         parse_tree_option(default_tree),
-                        scheduler=SchedulerConfig(max_batch, max_waiting), api_keys=api_keys,
+                        scheduler=SchedulerConfig(max_batch, max_waiting,
+                                                  adaptive_speculation=adaptive_speculation),
+                        api_keys=api_keys,
                         max_requests_per_second=max_requests_per_second,
                         telemetry=_telemetry(tracing))
     asyncio.run(GatewayServer(cfg).serve_forever())
