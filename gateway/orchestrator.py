@@ -193,7 +193,8 @@ class Orchestrator:
     async def _propose(self, jobs: list[Job]) -> tuple[list[TokenTree], list[str]]:
         """Trees from the draft service, or root-only trees while it is unavailable."""
         root_only = [TokenTree.root_only(j.tokens[-1]) for j in jobs]
-        spec = self._speculating(jobs)
+        budgets = {j.seq_id: self._budget(j) for j in jobs if j.spec.budget.depth > 0}
+        spec = self._speculating(jobs, budgets)
         if not spec or time.monotonic() < self.draft_down_until:
             down = time.monotonic() < self.draft_down_until
             return root_only, ["none" if j.spec.budget.depth == 0 else
@@ -206,7 +207,7 @@ class Orchestrator:
                 for j in unsynced:
                     j.draft_synced, j.new_tokens = True, ()
             props = await self.draft.propose(
-                [ProposeRequest(j.seq_id, j.new_tokens, self._budget(j), j.spec.drafter) for j in spec])
+                [ProposeRequest(j.seq_id, j.new_tokens, budgets[j.seq_id], j.spec.drafter) for j in spec])
         except grpc.aio.AioRpcError as exc:
             log.warning("draft service failed (%s): decoding without speculation for %.0fs",
                         exc.code().name, self.cfg.draft_retry_s)
@@ -221,13 +222,13 @@ class Orchestrator:
                  "none" if j.spec.budget.depth == 0 else "none (adaptive)" for j in jobs]
         return trees, names
 
-    def _speculating(self, jobs: list[Job]) -> list[Job]:
+    def _speculating(self, jobs: list[Job], budgets: dict[int, TreeBudget]) -> list[Job]:
         """The jobs that draft this step: explicit settings always, defaults if it pays."""
-        spec = [j for j in jobs if j.spec.budget.depth > 0]
+        spec = [j for j in jobs if j.seq_id in budgets]
         auto = [j for j in spec if j.spec.adaptive]
         if not auto or not self.cfg.adaptive_speculation:
             return spec
-        nodes = len(jobs) - len(spec) + sum(self._max_nodes(self._budget(j)) for j in spec)
+        nodes = len(jobs) - len(spec) + sum(self._max_nodes(budgets[j.seq_id]) for j in spec)
         drafters = sorted({j.spec.drafter for j in auto})
         if self.controller.should_speculate(len(jobs), nodes, drafters):
             return spec
