@@ -42,8 +42,9 @@ def test_up_writes_one_trace_across_three_processes(tiny_dirs, tmp_path):
         _wait_healthy(proc, f"http://127.0.0.1:{http}/health")
         r = httpx.post(f"http://127.0.0.1:{http}/v1/completions", timeout=60,
                        headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+                       # Explicit speculation: every step drafts (the default one may skip steps).
                        json={"model": model, "prompt": "hello world hello world hello", "max_tokens": 12,
-                             "temperature": 0}).json()
+                             "temperature": 0, "speculation": {"drafter": "lookup"}}).json()
     finally:
         proc.send_signal(signal.SIGTERM)  # each service drains, then flushes its spans
         _, err = proc.communicate(timeout=60)
