@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,18 +39,10 @@ from types import SimpleNamespace
 
 import httpx
 
+from specgrove.service import free_ports
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_up(model: str, trace_file: str | None, repo: Path) -> tuple[subprocess.Popen, str]:

@@ -52,9 +52,6 @@ class BlockManager:
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def can_fit(self, num_tokens: int) -> bool:
-        return self.blocks_for(num_tokens) <= len(self._free)
-
     def usage(self) -> float:
         return 1.0 - len(self._free) / self.num_blocks
 

@@ -12,6 +12,7 @@ import contextvars
 import functools
 import logging
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable, Iterable
 
@@ -31,6 +32,18 @@ SERVER_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 )
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports the OS considers free now (servers started elsewhere bind them)."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class NotReady(RuntimeError):

@@ -1,7 +1,6 @@
 """Shared test helpers: build engines over tiny checkpoints."""
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
@@ -33,13 +32,3 @@ def draft_engine(draft_path: Path | None = None, **kw) -> DraftEngine:
         drafters["model"] = ModelDrafter(runner(draft_path, **kw))
     return DraftEngine.of(drafters, "ngram")
 
-
-def free_ports(n: int) -> list[int]:
-    """n distinct loopback ports that were free a moment ago (for servers started elsewhere)."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports

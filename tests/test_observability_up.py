@@ -11,7 +11,7 @@ import time
 import httpx
 
 from specgrove.tracefile import read_spans
-from tests.helpers import free_ports
+from specgrove.service import free_ports
 
 TRACE_ID, PARENT_ID = "5b8aa5a2d2c872e8321cf37308d69df2", "051581bf3cb55c13"
 

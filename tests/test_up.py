@@ -11,7 +11,7 @@ import time
 import httpx
 import openai
 
-from tests.helpers import free_ports
+from specgrove.service import free_ports
 
 
 def _listening(port: int) -> bool:

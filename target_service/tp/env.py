@@ -9,7 +9,6 @@ Backends: gloo on CPU; on GPUs NCCL for the model's tensors plus gloo for the CP
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Mapping
@@ -18,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from specgrove.modeling.parallel import TPGroup
+from specgrove.service import free_ports
 
 LOOPBACK = "127.0.0.1"
 
@@ -54,9 +54,7 @@ def worker_environ(rank: int, world_size: int, port: int) -> dict[str, str]:
 
 def free_port() -> int:
     """A port the OS considers free now (rank 0's rendezvous store binds it moments later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+    return free_ports(1, LOOPBACK)[0]
 
 
 def rank_device(device_type: str, local_rank: int) -> torch.device:
