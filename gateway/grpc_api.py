@@ -13,7 +13,7 @@ from gateway.api_schema import (
     ChatMessage, ChatRequest, CompletionRequest, SpeculationSpec, TreeSpec, invalid, job_spec,
     prompt_ids_of,
 )
-from gateway.job import Delta, Failed, Finished, Job
+from gateway.job import Failed, Finished, Job
 from gateway.orchestrator import Overloaded
 from gateway.state import GatewayState
 from specgrove.pb.v1 import gateway_pb2, gateway_pb2_grpc

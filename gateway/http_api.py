@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from gateway.api_schema import ChatRequest, CompletionRequest, invalid, job_spec, prompt_ids_of
-from gateway.job import Delta, Failed, Finished, Job
+from gateway.job import Delta, Finished, Job
 from gateway.orchestrator import Overloaded
 from gateway.state import GatewayState
 from specgrove.types import InvalidRequest

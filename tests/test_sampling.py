@@ -8,7 +8,6 @@ it cannot flake, and the negative controls show the same test does reject a wron
 from __future__ import annotations
 
 import collections
-import itertools
 
 import pytest
 import torch

@@ -15,7 +15,7 @@ from specgrove.pb.v1 import common_pb2, target_pb2
 from specgrove.runner import KVCacheConfig
 from specgrove.speculate import GenerationRequest, generate
 from specgrove.tree import TokenTree
-from specgrove.types import PrefillRequest, ProposeRequest, SamplingParams, TreeBudget, VerifyItem
+from specgrove.types import PrefillRequest, ProposeRequest, TreeBudget, VerifyItem
 from target_service.server import TargetServer, TargetServerConfig
 from target_service.servicer import TargetLimits
 from tests.grpc_harness import ServerLoop, step_loop

@@ -15,9 +15,7 @@ from typing import Iterator
 
 import torch
 
-from specgrove.model_paths import (  # noqa: F401 -- re-exported for callers
-    NAMED_MODELS, ModelNotFound, cache_dir, converted_dir, model_dir, named_gguf,
-)
+from specgrove.model_paths import NAMED_MODELS, converted_dir, model_dir, named_gguf
 from specgrove.modeling.config import ModelConfig
 from specgrove.modeling.parallel import LayerContext, TPGroup
 
