@@ -1,40 +1,32 @@
-"""Batch-1 greedy decoding on the embedded SmolLM2-135M-Instruct: HF generate vs our engine.
+"""Batch-1 greedy decoding on the embedded SmolLM2-135M-Instruct: HF generate vs ours.
 
 Measured in one process, interleaved per prompt and repeat so machine noise hits every method
-alike: Hugging Face ``generate`` (the baseline), our engine with speculation off (root-only
-trees), and our engine with the n-gram drafter. Every run produces exactly ``--max-tokens``
-tokens (EOS ignored) so tokens/s compare like for like. Reports medians per prompt, per category
-and overall, plus our/HF ratios, as text and JSON.
+alike: Hugging Face ``generate`` (the baseline), and the gateway's step loop over the in-process
+ports with speculation off (root-only trees) and with the n-gram drafter. Every run produces
+exactly ``--max-tokens`` tokens (EOS ignored) so tokens/s compare like for like. Reports medians
+per prompt, per category and overall, plus our/HF ratios, as text and JSON.
 
     python benchmarks/engine_decode.py --prompts ../shared/prompts/dev.jsonl --out results.json
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import platform
 import statistics
-import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from draft_service.drafters.ngram import NgramDrafter
-from draft_service.engine import DraftEngine
-from specgrove.modeling.loader import load_tokenizer, resolve_model
-from specgrove.runner import KVCacheConfig, load_runner
-from specgrove.speculate import GenerationRequest, generate
-from specgrove.types import TreeBudget
-from target_service.engine import TargetEngine
-
-HERE = Path(__file__).parent
-
-
-def load_prompts(path: Path, limit: int | None) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows[:limit] if limit else rows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: benchmarks.common
+from benchmarks.common import HERE, chat_ids, load_prompts, local_ports, meta
+from gateway.job import JobSpec
+from gateway.offline import complete
+from specgrove.modeling.loader import resolve_model
+from specgrove.types import SamplingParams, TreeBudget
 
 
 def time_hf(model, prompt: list[int], n: int) -> float:
@@ -46,13 +38,14 @@ def time_hf(model, prompt: list[int], n: int) -> float:
     return n / elapsed
 
 
-def time_ours(target, drafts, prompt: list[int], n: int, budget: TreeBudget, seq_id: int):
-    req = GenerationRequest(seq_id, tuple(prompt), n, budget=budget)
+def time_ours(target, draft, prompt: list[int], n: int, budget: TreeBudget, drafter: str = ""):
+    """One request through the orchestrator over the in-process ports: (tokens/s, tau)."""
+    spec = JobSpec(tuple(prompt), n, SamplingParams(), drafter=drafter, budget=budget, ignore_eos=True)
     start = time.perf_counter()
-    out = generate(target, drafts, [req])[0]
+    out = asyncio.run(complete(target, draft, [spec]))[0]
     elapsed = time.perf_counter() - start
-    assert len(out.token_ids) == n
-    return n / elapsed, out.mean_acceptance_length
+    assert len(out.token_ids) == n, out.error
+    return n / elapsed, out.stats.mean_acceptance_length
 
 
 def run(args) -> dict:
@@ -60,29 +53,21 @@ def run(args) -> dict:
 
     torch.manual_seed(0)
     path = resolve_model(args.model)
-    tok = load_tokenizer(path)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    target = TargetEngine(load_runner(str(path), torch.float32, torch.device("cpu"),
-                                      KVCacheConfig(16, 512)))
-    drafts = DraftEngine.of({"ngram": NgramDrafter()}, "ngram")
+    target, draft, codec = local_ports(args.model, "float32", kv_blocks=512)
     ngram_budget = TreeBudget(max_nodes=args.ngram_nodes, max_depth=args.ngram_depth)
     rows = []
-    seq = 0
-    warm = tok.encode("warm up")
+    warm = codec.encode("warm up")
     time_hf(hf, warm, 8)
-    time_ours(target, drafts, warm, 8, TreeBudget.off(), -1)
+    time_ours(target, draft, warm, 8, TreeBudget.off())
     for item in load_prompts(Path(args.prompts), args.limit):
-        text = tok.apply_chat_template([{"role": "user", "content": item["prompt"]}],
-                                       add_generation_prompt=True, tokenize=False)
-        prompt = tok.encode(text, add_special_tokens=False)
+        prompt = chat_ids(codec, item["prompt"])
         hf_tps, plain_tps, ngram_tps, taus = [], [], [], []
         with torch.inference_mode():
             for _ in range(args.repeats):
                 hf_tps.append(time_hf(hf, prompt, args.max_tokens))
-                seq += 1
-                plain_tps.append(time_ours(target, drafts, prompt, args.max_tokens, TreeBudget.off(), seq)[0])
-                seq += 1
-                tps, tau = time_ours(target, drafts, prompt, args.max_tokens, ngram_budget, seq)
+                plain_tps.append(time_ours(target, draft, prompt, args.max_tokens, TreeBudget.off())[0])
+                tps, tau = time_ours(target, draft, prompt, args.max_tokens, ngram_budget, "ngram")
                 ngram_tps.append(tps)
                 taus.append(tau)
         row = {
@@ -94,7 +79,10 @@ def run(args) -> dict:
         row["ngram_vs_plain"] = row["ngram_tps"] / row["plain_tps"]
         rows.append(row)
         print(_fmt(row["id"], row), flush=True)
-    return {"meta": _meta(args), "prompts": rows, "summary": _summarise(rows)}
+    info = meta(model=args.model, dtype="float32", batch=1, max_tokens=args.max_tokens,
+                repeats=args.repeats, prompts=str(args.prompts),
+                ngram_budget={"nodes": args.ngram_nodes, "depth": args.ngram_depth})
+    return {"meta": info, "prompts": rows, "summary": _summarise(rows)}
 
 
 def _summarise(rows: list[dict]) -> dict:
@@ -110,21 +98,6 @@ def _summarise(rows: list[dict]) -> dict:
 def _fmt(name: str, r: dict) -> str:
     return (f"{name:<12} hf {r['hf_tps']:6.1f}  plain {r['plain_tps']:6.1f} ({r['plain_vs_hf']:.2f}x)"
             f"  ngram {r['ngram_tps']:6.1f} tau {r['ngram_tau']:.2f} ({r['ngram_vs_plain']:.2f}x plain)")
-
-
-def _meta(args) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=HERE).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    return {
-        "commit": commit, "machine": platform.platform(), "processor": platform.processor(),
-        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "model": args.model, "dtype": "float32", "batch": 1, "max_tokens": args.max_tokens,
-        "repeats": args.repeats, "prompts": str(args.prompts),
-        "ngram_budget": {"nodes": args.ngram_nodes, "depth": args.ngram_depth},
-    }
 
 
 def main() -> None:

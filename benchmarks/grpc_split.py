@@ -1,9 +1,14 @@
-"""What splitting draft and target into gRPC services costs per step.
+"""What the step loop and the split into gRPC services cost per step.
 
-Starts ``specgrove target`` and ``specgrove draft`` as real processes on loopback and compares
-their per-step time (one batched Propose + one batched Verify) with the same engines in this
-process, at several batch sizes, plain decoding (root-only trees, the worst case for overhead:
-the least compute per RPC) and n-gram speculation. Medians over steps; prompts from a JSONL file.
+Three ways to run the same decoding, medians of per-step times, same prompts and batch:
+
+* ``engine``: the engines called directly (propose then verify, nothing else): the floor;
+* ``in-process``: the gateway's orchestrator over the in-process ports (engine threads);
+* ``gRPC``: the same orchestrator over the gRPC clients of ``specgrove target`` /
+  ``specgrove draft`` started as real processes on loopback.
+
+Plain decoding (root-only trees: the least compute per call, the worst case for overhead) and
+n-gram speculation, at several batch sizes.
 
     python benchmarks/grpc_split.py --prompts ../shared/prompts/dev.jsonl --out results.json
 """
@@ -12,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,63 +24,46 @@ import time
 from pathlib import Path
 
 import grpc
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from draft_service.drafters.ngram import NgramDrafter
-from draft_service.engine import DraftEngine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: benchmarks.common
+from benchmarks.common import HERE, chat_ids, load_prompts, local_ports, meta, step_clock
+from gateway.job import JobSpec
+from gateway.offline import complete
 from specgrove.clients import DraftClient, TargetClient
-from specgrove.modeling.loader import load_tokenizer, resolve_model
-from specgrove.runner import KVCacheConfig, load_runner
-from specgrove.types import PrefillRequest, ProposeRequest, TreeBudget, VerifyItem
-from target_service.engine import TargetEngine
+from specgrove.types import PrefillRequest, ProposeRequest, SamplingParams, TreeBudget, VerifyItem
 
-HERE = Path(__file__).parent
 BUDGETS = {"plain": TreeBudget.off(), "ngram": TreeBudget(max_nodes=8, max_depth=6)}
 
 
-def prompts_for(path: str, tok, batch: int) -> list[tuple[int, ...]]:
-    rows = [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
-    out = []
-    for i in range(batch):
-        text = tok.apply_chat_template([{"role": "user", "content": rows[i % len(rows)]["prompt"]}],
-                                       add_generation_prompt=True, tokenize=False)
-        out.append(tuple(tok.encode(text, add_special_tokens=False)))
-    return out
-
-
-def in_process_steps(target, drafts, prompts, budget, steps, base) -> list[float]:
-    firsts = target.prefill([PrefillRequest(base + i, p) for i, p in enumerate(prompts)])
+def engine_steps(target, draft, prompts, budget: TreeBudget, steps: int) -> list[float]:
+    """The floor: Propose + Verify on the engines themselves, timed per step."""
+    eng, drafts = target.engine, draft.engine
+    firsts = eng.prefill([PrefillRequest(900_000 + i, tuple(p)) for i, p in enumerate(prompts)])
     for r, p in zip(firsts, prompts):
-        drafts.prefill(r.seq_id, list(p) + [r.first_token])
+        drafts.prefill(r.seq_id, tuple(p) + (r.first_token,))
     new = {r.seq_id: () for r in firsts}
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        props = drafts.propose([ProposeRequest(s, new[s], budget) for s in new])
-        results = target.verify([VerifyItem(p.seq_id, p.tree) for p in props])
+        props = drafts.propose([ProposeRequest(s, new[s], budget, "ngram") for s in new])
+        results = eng.verify([VerifyItem(p.seq_id, p.tree) for p in props])
         new = {r.seq_id: r.new_tokens for r in results}
         times.append(time.perf_counter() - start)
     for s in new:
-        target.release(s)
+        eng.release(s)
         drafts.release(s)
     return times
 
 
-async def grpc_steps(t: TargetClient, d: DraftClient, prompts, budget, steps, base) -> list[float]:
-    firsts = await t.prefill([PrefillRequest(base + i, p) for i, p in enumerate(prompts)])
-    await d.prefill([(r.seq_id, list(p) + [r.first_token]) for r, p in zip(firsts, prompts)])
-    new = {r.seq_id: () for r in firsts}
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        props = await d.propose([ProposeRequest(s, new[s], budget) for s in new])
-        results = await t.verify([VerifyItem(p.seq_id, p.tree) for p in props])
-        new = {r.seq_id: r.new_tokens for r in results}
-        times.append(time.perf_counter() - start)
-    await t.release(list(new))
-    await d.release(list(new))
-    return times
+async def loop_steps(target, draft, prompts, budget: TreeBudget, steps: int) -> list[float]:
+    """The orchestrator's step durations over these ports (one batch, ``steps`` tokens each)."""
+    specs = [JobSpec(tuple(p), steps + 1, SamplingParams(), drafter="ngram", budget=budget,
+                     ignore_eos=True) for p in prompts]
+    metrics = step_clock()
+    outs = await complete(target, draft, specs, metrics=metrics)
+    assert all(o.error is None for o in outs), [o.error for o in outs]
+    return metrics.step_samples
 
 
 async def wait_serving(address: str, timeout_s: float = 300) -> None:
@@ -97,24 +83,22 @@ async def wait_serving(address: str, timeout_s: float = 300) -> None:
 
 def start_services(model: str, tport: int, dport: int) -> list[subprocess.Popen]:
     exe = [sys.executable, "-m", "specgrove.cli"]
-    env = dict(os.environ)
     return [
-        subprocess.Popen(exe + ["target", "--target", model, "--port", str(tport)], env=env),
+        subprocess.Popen(exe + ["target", "--target", model, "--port", str(tport)]),
         subprocess.Popen(exe + ["draft", "--target-vocab-from", model, "--drafter", "ngram=ngram",
-                                "--port", str(dport)], env=env),
+                                "--port", str(dport)]),
     ]
 
 
-async def measure_grpc(args, prompts_by_batch) -> dict:
+async def measure_grpc(args, work: dict) -> dict:
     taddr, daddr = f"127.0.0.1:{args.target_port}", f"127.0.0.1:{args.draft_port}"
     await wait_serving(taddr)
     await wait_serving(daddr)
     out = {}
     async with TargetClient(taddr) as t, DraftClient(daddr) as d:
-        for (batch, name), prompts in prompts_by_batch.items():
-            base = 10_000 * batch + (0 if name == "plain" else 5000)
-            await grpc_steps(t, d, prompts, BUDGETS[name], 3, base + 900)  # warm-up
-            out[(batch, name)] = await grpc_steps(t, d, prompts, BUDGETS[name], args.steps, base)
+        for (batch, name), prompts in work.items():
+            await loop_steps(t, d, prompts, BUDGETS[name], 3)  # warm-up
+            out[(batch, name)] = await loop_steps(t, d, prompts, BUDGETS[name], args.steps)
     return out
 
 
@@ -128,10 +112,11 @@ def main() -> None:
     ap.add_argument("--draft-port", type=int, default=50152)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    path = resolve_model(args.model)
-    tok = load_tokenizer(path)
+    target, draft, codec = local_ports(args.model, "float32", kv_blocks=2048)
+    rows_in = load_prompts(args.prompts)
     batches = [int(b) for b in args.batches.split(",")]
-    work = {(b, n): prompts_for(args.prompts, tok, b) for b in batches for n in BUDGETS}
+    work = {(b, n): [chat_ids(codec, rows_in[i % len(rows_in)]["prompt"]) for i in range(b)]
+            for b in batches for n in BUDGETS}
     procs = start_services(args.model, args.target_port, args.draft_port)
     try:
         remote = asyncio.run(measure_grpc(args, work))
@@ -140,22 +125,21 @@ def main() -> None:
             p.terminate()
         for p in procs:
             p.wait(30)
-    target = TargetEngine(load_runner(str(path), torch.float32, torch.device("cpu"), KVCacheConfig(16, 2048)))
-    drafts = DraftEngine.of({"ngram": NgramDrafter()}, "ngram")
     rows = []
     for (batch, name), prompts in work.items():
-        in_process_steps(target, drafts, prompts, BUDGETS[name], 3, 900_000)
-        local = in_process_steps(target, drafts, prompts, BUDGETS[name], args.steps, 100_000 * batch)
-        lm, rm = statistics.median(local) * 1e3, statistics.median(remote[(batch, name)]) * 1e3
-        rows.append({"batch": batch, "mode": name, "in_process_ms": lm, "grpc_ms": rm,
-                     "overhead_ms": rm - lm, "overhead_pct": 100 * (rm - lm) / lm})
-        print(f"batch {batch:2d} {name:6s} in-process {lm:7.1f} ms  gRPC {rm:7.1f} ms  "
-              f"split cost {rm - lm:+6.1f} ms ({100 * (rm - lm) / lm:+.1f}%)", flush=True)
-    meta = {"machine": platform.platform(), "torch": torch.__version__, "model": args.model,
-            "steps": args.steps, "prompts": args.prompts,
-            "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()}
+        budget = BUDGETS[name]
+        engine_steps(target, draft, prompts, budget, 3)  # warm-up
+        em = statistics.median(engine_steps(target, draft, prompts, budget, args.steps)) * 1e3
+        lm = statistics.median(asyncio.run(loop_steps(target, draft, prompts, budget, args.steps))) * 1e3
+        rm = statistics.median(remote[(batch, name)]) * 1e3
+        rows.append({"batch": batch, "mode": name, "engine_ms": em, "in_process_ms": lm, "grpc_ms": rm,
+                     "loop_overhead_pct": 100 * (lm - em) / em, "split_overhead_pct": 100 * (rm - lm) / lm})
+        print(f"batch {batch:2d} {name:6s} engine {em:6.1f} ms  in-process loop {lm:6.1f} ms "
+              f"({100 * (lm - em) / em:+.1f}%)  gRPC {rm:6.1f} ms ({100 * (rm - lm) / lm:+.1f}% split)",
+              flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        info = meta(model=args.model, dtype="float32", steps=args.steps, prompts=args.prompts)
+        Path(args.out).write_text(json.dumps({"meta": info, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from specgrove.runner import KVCacheConfig
+from specgrove.config import ModelRunConfig
+from specgrove.kv import KVCacheConfig
 from specgrove.tree import TokenTree
 from specgrove.types import PrefillRequest, VerifyItem
 from target_service.engine import TargetEngine
@@ -104,9 +105,8 @@ def measure(variants: list[Variant], batch: int, nodes: int, args) -> list[dict]
 def run(path: Path, args) -> list[dict]:
     """TP=1 with all cores, TP=1 with half of them (per-rank compute of TP=2), and TP=2."""
     cores = len(os.sched_getaffinity(0))
-    kv = KVCacheConfig(block_size=16, num_blocks=512)
-    start = lambda tp: start_tp_runner(str(path), torch.float32, torch.device("cpu"), kv,
-                                       "torch", tp, 120.0)
+    run = ModelRunConfig(str(path), "float32", "cpu", "torch", KVCacheConfig(block_size=16, num_blocks=512))
+    start = lambda tp: start_tp_runner(run, tp, 120.0)
     torch.set_num_threads(max(1, cores // 2))  # rank 0's share while the workers start
     tp2 = start(2)
     try:

@@ -12,7 +12,8 @@ from typing import Mapping, Sequence
 from draft_service.drafters.base import DraftInput, Drafter
 from draft_service.registry import DrafterRegistry, RegistryEntry
 from specgrove import telemetry
-from specgrove.types import InvalidRequest, ProposeRequest, ProposeResult, UnknownSequence
+from specgrove.errors import InvalidRequest, UnknownSequence
+from specgrove.types import ProposeRequest, ProposeResult
 
 
 class DraftEngine:

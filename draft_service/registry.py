@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from draft_service.drafters.base import Drafter
-from specgrove.types import DrafterInfo, InvalidRequest
+from specgrove.errors import InvalidRequest
+from specgrove.types import DrafterInfo
 
 
 def _cannot_build(spec: str) -> Drafter:

@@ -9,14 +9,16 @@ from dataclasses import dataclass
 
 from draft_service.engine import DraftEngine
 from draft_service.factory import build_drafter
+from draft_service.local import LocalDraft
 from draft_service.registry import DrafterRegistry
 from draft_service.servicer import DraftServicer
 from specgrove.config import ModelRunConfig
+from specgrove.engine_thread import EngineThread
 from specgrove.modeling.loader import load_config, resolve_model
 from specgrove.pb.v1 import draft_pb2, draft_pb2_grpc
 from specgrove.service_server import ServiceServer
 from specgrove.telemetry import TelemetryConfig
-from specgrove.types import InvalidRequest
+from specgrove.errors import InvalidRequest
 
 log = logging.getLogger("specgrove.draft")
 SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
@@ -53,13 +55,13 @@ class DraftServer(ServiceServer):
     def __init__(self, cfg: DraftServerConfig, vocab_size: int) -> None:
         super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry)
         self.cfg = cfg
-        self.servicer = DraftServicer(vocab_size)
+        self.vocab_size = vocab_size
+        self.thread, self.loader = EngineThread("draft-engine"), EngineThread("draft-loader")
+        self.servicer = DraftServicer()
 
     def _builder(self, spec: str):
-        run = self.cfg.run
         try:
-            return build_drafter(spec, self.servicer.vocab_size, run.torch_dtype, run.torch_device,
-                                 run.kv, run.kernel_backend)
+            return build_drafter(spec, self.vocab_size, self.cfg.run)
         except ValueError as exc:  # bad spec, unknown model, vocabulary mismatch
             raise InvalidRequest("spec", str(exc)) from exc
 
@@ -77,10 +79,11 @@ class DraftServer(ServiceServer):
         draft_pb2_grpc.add_DraftServiceServicer_to_server(self.servicer, server)
 
     async def _load(self) -> None:
-        registry = await self.servicer.loader.run(self._build_registry)
-        self.servicer.engine = DraftEngine(registry)
+        registry = await self.loader.run(self._build_registry)
+        self.servicer.draft = LocalDraft(DraftEngine(registry), self.vocab_size, self.thread, self.loader)
         log.info("draft service serving on %s:%d with %s", self.cfg.host, self.port,
                  [i.name for i in registry.list()])
 
     def _close(self) -> None:
-        self.servicer.shutdown()
+        self.thread.shutdown()
+        self.loader.shutdown()

@@ -2,7 +2,7 @@
 
 Unknown fields are ignored, as OpenAI-compatible servers do; known fields are type-checked and
 range-checked, and every violation becomes an HTTP 400 with an OpenAI-style error body naming
-the parameter. Extra fields beyond OpenAI's: ``top_k`` and ``speculation``
+the parameter. Extra fields beyond OpenAI's: ``top_k``, ``ignore_eos`` and ``speculation``
 (``{"drafter": NAME | "none", "tree": "4,2,2,1" | {"nodes": N, "depth": D, "top_k": K}}``).
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.job import JobSpec
 from gateway.text import TextCodec
 from specgrove.tree import TreeError, parse_branching, static_tree_size
-from specgrove.types import InvalidRequest, SamplingParams, TargetInfo, TreeBudget
+from specgrove.errors import InvalidRequest
+from specgrove.types import SamplingParams, TargetInfo, TreeBudget
 
 
 class TreeSpec(BaseModel):
@@ -47,6 +48,7 @@ class _Common(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     speculation: SpeculationSpec | None = None
+    ignore_eos: bool = False  # vLLM's extra: generate up to max_tokens past end-of-sequence
     user: str | None = None
 
 
@@ -118,7 +120,7 @@ def job_spec(req: _Common, prompt_ids: list[int], info: TargetInfo, default_budg
     stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0), req.seed)
     return JobSpec(tuple(prompt_ids), max_tokens, sampling, stops, drafter, budget,
-                   adaptive=req.speculation is None)
+                   adaptive=req.speculation is None, ignore_eos=req.ignore_eos)
 
 
 def prompt_ids_of(req: CompletionRequest | ChatRequest, codec: TextCodec) -> list[int]:

@@ -15,9 +15,12 @@ from gateway.api_schema import (
 )
 from gateway.job import Failed, Finished, Job
 from gateway.orchestrator import Overloaded
+from gateway.speculation import effective_speculation
 from gateway.state import GatewayState
-from specgrove.pb.v1 import gateway_pb2, gateway_pb2_grpc
-from specgrove.types import InvalidRequest, TreeBudget
+from specgrove.errors import ServiceError
+from specgrove.pb.v1 import draft_pb2, gateway_pb2, gateway_pb2_grpc
+from specgrove.errors import InvalidRequest
+from specgrove.types import TreeBudget
 
 _STATUS = {400: grpc.StatusCode.INVALID_ARGUMENT, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
            503: grpc.StatusCode.UNAVAILABLE}
@@ -88,10 +91,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 msg = gateway_pb2.GenerateResponse(request_id=rid, text=ev.text, token_ids=ev.token_ids,
                                                    accepted_tokens=ev.accepted)
                 if first:
-                    b = job.spec.budget
-                    msg.effective.CopyFrom(gateway_pb2.EffectiveSpeculation(
-                        drafter=job.spec.drafter or ("none" if b.depth == 0 else "default"),
-                        tree=b.to_pb()))
+                    msg.effective.CopyFrom(self._effective(job))
                     first = False
                 yield msg
         finally:
@@ -106,7 +106,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             speculation=gateway_pb2.SpeculationStats(
                 steps=st.steps, drafted_tokens=st.drafted_tokens, accepted_tokens=st.accepted_tokens,
                 mean_acceptance_length=st.mean_acceptance_length, max_batch_size=st.max_batch_size),
-            effective=gateway_pb2.EffectiveSpeculation(drafter=st.effective_drafter))
+            effective=self._effective(job))
+
+    def _effective(self, job: Job) -> gateway_pb2.EffectiveSpeculation:
+        eff = effective_speculation(job, self.state.default_drafter)
+        return gateway_pb2.EffectiveSpeculation(
+            drafter=eff.drafter, tree=eff.budget.to_pb() if eff.budget is not None else None)
 
     async def ListModels(self, request, context):
         st = self.state
@@ -114,20 +119,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             id=st.model_id, max_model_len=st.info.max_model_len, owned_by="specgrove")])
 
     async def ListDrafters(self, request, context):
-        return await self._passthrough(context, self.state.draft.stub.ListDrafters, request)
+        infos = await self._admin(context, self.state.draft.list_drafters())
+        return draft_pb2.ListDraftersResponse(drafters=[i.to_pb() for i in infos])
 
     async def LoadDrafter(self, request, context):
-        resp = await self._passthrough(context, self.state.draft.stub.LoadDrafter, request, 600)
+        info = await self._admin(context, self.state.draft.load_drafter(
+            request.name, request.spec, request.make_default))
         await self.state.refresh_drafters()
-        return resp
+        return info.to_pb()
 
     async def UnloadDrafter(self, request, context):
-        resp = await self._passthrough(context, self.state.draft.stub.UnloadDrafter, request)
+        await self._admin(context, self.state.draft.unload_drafter(request.name))
         await self.state.refresh_drafters()
-        return resp
+        return draft_pb2.UnloadDrafterResponse()
 
-    async def _passthrough(self, context, call, request, timeout: float | None = None):
+    async def _admin(self, context, call):
+        """A drafter admin call through the draft port; its error becomes this call's status."""
         try:
-            return await call(request, timeout=timeout or self.state.cfg.rpc_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            await context.abort(exc.code(), exc.details() or exc.code().name)
+            return await call
+        except ServiceError as exc:
+            await context.abort(grpc.StatusCode[exc.code], str(exc))

@@ -23,8 +23,9 @@ from pydantic import ValidationError
 from gateway.api_schema import ChatRequest, CompletionRequest, invalid, job_spec, prompt_ids_of
 from gateway.job import Delta, Finished, Job
 from gateway.orchestrator import Overloaded
+from gateway.speculation import effective_speculation
 from gateway.state import GatewayState
-from specgrove.types import InvalidRequest
+from specgrove.errors import InvalidRequest
 
 
 def error(status: int, message: str, param: str | None = None, code: str | None = None,
@@ -118,15 +119,13 @@ async def _generate(state: GatewayState, request: Request, model_cls):
 
 
 def _stats(state: GatewayState, job: Job) -> dict:
-    st, b = job.stats, job.spec.budget
-    tree = ({"branching": list(b.branching)} if b.is_static
-            else {"nodes": b.max_nodes, "depth": b.max_depth, "top_k": b.top_k})
+    st = job.stats
+    eff = effective_speculation(job, state.default_drafter)
     return {"steps": st.steps, "drafted_tokens": st.drafted_tokens,
             "accepted_tokens": st.accepted_tokens,
             "mean_acceptance_length": round(st.mean_acceptance_length, 4),
             "max_batch_size": st.max_batch_size,
-            "drafter": st.effective_drafter or ("none" if b.depth == 0 else ""),
-            "tree": tree if b.depth else None}
+            "drafter": eff.drafter, "tree": eff.tree_json()}
 
 
 def _usage(job: Job) -> dict:

@@ -1,7 +1,8 @@
-"""One generation request inside the gateway: its settings, its state, and its event stream.
+"""One generation request inside the step loop: its settings, its state, and its event stream.
 
 A job reports to its ``hooks`` (the gateway's metrics and tracing, ``gateway.observe``) when
-tokens arrive and when it ends, whichever code path ends it.
+tokens arrive and when it ends, whichever code path ends it. Stop handling (stop tokens,
+``max_tokens``, stop strings) and the per-request speculation stats live here, once.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class JobSpec:
     drafter: str = ""  # "" = the draft service's default
     budget: TreeBudget = TreeBudget.off()
     adaptive: bool = False  # on the gateway's default speculation: the controller may skip it
+    ignore_eos: bool = False  # keep generating past end-of-sequence tokens (up to max_tokens)
     request_id: str = ""  # the response's id, for traces
     operation: str = "text_completion"  # or "chat" (the GenAI semantic conventions' names)
 
@@ -60,22 +62,33 @@ class JobHooks(Protocol):
 
 @dataclass
 class JobStats:
-    steps: int = 0
-    drafted_tokens: int = 0
-    accepted_tokens: int = 0
-    max_batch_size: int = 0
-    effective_drafter: str = ""
+    steps: int = 0  # verify steps the request took part in
+    drafted_tokens: int = 0  # tree nodes below the root, over all steps
+    accepted_tokens: int = 0  # draft tokens the target accepted (bonus tokens excluded)
+    max_batch_size: int = 0  # the largest batch the request was verified in
+    drafter: str = ""  # the drafter of its last step that drafted anything
+
+    def record(self, drafted: int, accepted: int, batch_size: int, drafter: str) -> None:
+        self.steps += 1
+        self.drafted_tokens += drafted
+        self.accepted_tokens += accepted
+        self.max_batch_size = max(self.max_batch_size, batch_size)
+        if drafted:
+            self.drafter = drafter
 
     @property
     def mean_acceptance_length(self) -> float:
+        """Tokens per verify step (accepted + bonus): tau."""
         return (self.accepted_tokens + self.steps) / self.steps if self.steps else 0.0
 
 
 class Job:
-    def __init__(self, seq_id: int, spec: JobSpec, codec: TextCodec, stop_ids: frozenset[int]) -> None:
+    def __init__(self, seq_id: int, spec: JobSpec, codec: TextCodec | None,
+                 stop_ids: frozenset[int]) -> None:
+        """``codec`` None: tokens only, no text (callers that never look at text)."""
         self.seq_id = seq_id
         self.spec = spec
-        self.stop_ids = stop_ids
+        self.stop_ids = frozenset() if spec.ignore_eos else stop_ids
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.tokens: list[int] = []
         self.stats = JobStats()
@@ -88,7 +101,7 @@ class Job:
         self.last_token_at: float | None = None
         self.hooks: JobHooks | None = None
         self.span: Any = None  # the request's trace span while tracing is on
-        self._decoder = IncrementalDecoder(codec)
+        self._decoder = IncrementalDecoder(codec) if codec is not None else None
         self._stops = StopMatcher(spec.stop)
 
     def cancel(self) -> None:
@@ -110,16 +123,22 @@ class Job:
         self.tokens.extend(take)
         if take:
             self._timestamp(len(take))
-        text = self._decoder.push([t for t in take if t not in self.stop_ids])
-        if reason:
-            text += self._decoder.flush()
-        out, hit_stop = self._stops.feed(text, final=bool(reason))
+        out, hit_stop = self._text(take, final=bool(reason))
         if hit_stop:
             reason = "stop"
         self.events.put_nowait(Delta(out, tuple(take), min(accepted, len(take))))
         if reason:
             self.finish(Finished(reason))
         return not reason
+
+    def _text(self, tokens: list[int], final: bool) -> tuple[str, bool]:
+        """The text the new tokens add that is safe to send, and whether a stop string hit."""
+        if self._decoder is None:
+            return "", False
+        text = self._decoder.push([t for t in tokens if t not in self.stop_ids])
+        if final:
+            text += self._decoder.flush()
+        return self._stops.feed(text, final)
 
     def _timestamp(self, count: int) -> None:
         now = time.monotonic()

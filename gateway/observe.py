@@ -96,7 +96,7 @@ class Observer:
                  "specgrove.accepted_tokens": st.accepted_tokens,
                  "specgrove.mean_acceptance_length": st.mean_acceptance_length,
                  "specgrove.max_batch_size": st.max_batch_size,
-                 "specgrove.drafter": st.effective_drafter}
+                 "specgrove.drafter": st.drafter or "none"}
         if job.first_token_at is not None:
             attrs["specgrove.ttft_s"] = job.first_token_at - job.created
             if n_out > 1:  # per token, not per chunk: decode time over the tokens after the first

@@ -1,18 +1,21 @@
-"""The gateway's step loop: continuous batching over the draft / target services.
+"""The step loop: continuous batching over a target port and a draft port.
 
-Each iteration: admit waiting jobs that fit (batch limit, KV blocks) and prefill them in both
-services; one batched ``Propose`` for every running sequence; one batched ``Verify``; stream the
-new tokens; release finished and cancelled sequences in both services. Jobs join and leave only
+This is the only implementation of the DESIGN "One step" loop. The gateway runs it over the
+gRPC clients; ``specgrove generate``, the tests and the benchmarks run it over the in-process
+ports (``gateway.offline``). Each iteration *schedules* (releases cancelled jobs, admits waiting
+jobs that fit the batch limit and the KV estimate, prefills them in one batch), then steps the
+running batch: *propose* (``gateway.speculation``: one tree per job), *verify* (one batched
+forward in the target), *postprocess* (append, stream, stop, release). Jobs join and leave only
 between steps (Orca-style iteration-level scheduling, Yu et al. 2022).
 
-Failures: the draft service down or slow -> root-only trees (plain decoding) until it answers
-again, then running sequences are re-registered with their full history. The target down ->
-every running job ends with 503 and the loop waits for new work. KV exhausted in a step -> the
-newest job is preempted (released, then re-prefilled later with its history).
+Failures: the draft service failing -> root-only trees for a while (``gateway.speculation``).
+The target failing -> every running job ends with 503 and the loop waits for new work. KV
+exhausted in a step -> the newest job is preempted (released, then re-prefilled later with its
+history: recomputation, never corruption).
 
 Observability: every job reports to the ``Observer`` (metrics; request spans when tracing is
-on); admission batches and steps run inside its ``prefill`` / ``step`` spans, so the gRPC calls
-they make, and the draft / target server spans behind them, are their children.
+on); admission batches and steps run inside its ``prefill`` / ``step`` spans, so the calls they
+make (and over gRPC the services' server spans) are their children.
 """
 from __future__ import annotations
 
@@ -21,19 +24,17 @@ import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Sequence
 
-import grpc
-
-from gateway.controller import SpeculationController
 from gateway.job import Failed, Job, JobSpec
 from gateway.metrics import GatewayMetrics
 from gateway.observe import Observer
+from gateway.speculation import Proposer, StepDraft
 from gateway.text import TextCodec
-from specgrove.clients import DraftClient, TargetClient
-from specgrove.speculate import clamp_budget
-from specgrove.tree import TokenTree, static_tree_size
-from specgrove.types import PrefillRequest, ProposeRequest, TargetInfo, TreeBudget, VerifyItem
+from specgrove.errors import InvalidRequest, ResourceExhausted, ServiceError
+from specgrove.ports import DraftPort, TargetPort
+from specgrove.types import PrefillRequest, TargetInfo, VerifyItem, VerifyResult
 
 log = logging.getLogger("specgrove.gateway")
 
@@ -50,21 +51,26 @@ class Overloaded(RuntimeError):
     """The waiting queue is full (HTTP 429 / RESOURCE_EXHAUSTED)."""
 
 
+def http_status(exc: ServiceError) -> int:
+    """The HTTP status a service error gives the request it ends."""
+    return {"INVALID_ARGUMENT": 400, "RESOURCE_EXHAUSTED": 429}.get(exc.code, 503)
+
+
 class Orchestrator:
-    def __init__(self, cfg: SchedulerConfig, target: TargetClient, draft: DraftClient,
-                 codec: TextCodec, info: TargetInfo, observer: Observer | None = None) -> None:
+    def __init__(self, cfg: SchedulerConfig, target: TargetPort, draft: DraftPort,
+                 codec: TextCodec | None, info: TargetInfo, observer: Observer | None = None) -> None:
         self.cfg, self.target, self.draft, self.codec, self.info = cfg, target, draft, codec, info
         self.obs = observer or Observer(None, GatewayMetrics(), info.model, info.total_blocks)
-        self.stop_ids = frozenset(info.eos_token_ids) | (
-            {codec.eos_token_id} if codec.eos_token_id is not None else set())
+        self.proposer = Proposer(draft, info, cfg.adaptive_speculation, cfg.draft_retry_s)
+        eos = {codec.eos_token_id} if codec is not None and codec.eos_token_id is not None else set()
+        self.stop_ids = frozenset(info.eos_token_ids) | eos
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []
         self.free_blocks = info.free_blocks
-        self.controller = SpeculationController()
-        self.draft_down_until = 0.0
         self.target_ok = True
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
+        self._parked = asyncio.Event()  # set while the loop waits for work, nothing in flight
         self._task: asyncio.Task | None = None
 
     # --- API side ------------------------------------------------------------------------------
@@ -72,6 +78,8 @@ class Orchestrator:
         """Queue a request; ``trace_parent``: the caller's trace context (HTTP headers)."""
         if len(self.waiting) >= self.cfg.max_waiting:
             raise Overloaded(f"{len(self.waiting)} requests are already waiting")
+        if spec.stop and self.codec is None:
+            raise InvalidRequest("stop", "stop strings need a tokenizer")
         job = Job(next(self._ids), spec, self.codec, self.stop_ids)
         self.obs.request_started(job, trace_parent)
         self.waiting.append(job)
@@ -93,31 +101,79 @@ class Orchestrator:
 
     @property
     def idle(self) -> bool:
-        return not self.waiting and not self.running
+        """No request queued or running, and no call to a service in flight."""
+        return self._parked.is_set() and not self.waiting
+
+    async def wait_idle(self) -> None:
+        while not self.idle:
+            await asyncio.sleep(0.005)
 
     # --- the loop ------------------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
-            if self.idle:
+            if not self.waiting and not self.running:
                 self._wake.clear()
+                self._parked.set()
                 await self._wake.wait()
+                self._parked.clear()
             try:
-                await self._release_cancelled()
-                await self._admit()
+                await self._schedule()
                 if self.running:
                     await self._step()
-            except grpc.aio.AioRpcError as exc:
+            except ServiceError as exc:  # the target failed
                 await self._target_failed(exc)
             except Exception:  # noqa: BLE001 -- a bug must not kill the loop for everyone
                 log.exception("step failed")
                 await self._fail_all(500, "internal error in the gateway step loop")
+
+    async def _step(self) -> None:
+        """One step of the running batch: propose -> verify -> postprocess."""
+        jobs = list(self.running)
+        with self.obs.step(jobs) as span:
+            drafts = await self.proposer.propose(jobs)
+            results = await self._verify(jobs, drafts)
+            if results is not None:
+                await self._postprocess(span, jobs, drafts, results)
+
+    async def _verify(self, jobs: list[Job], drafts: list[StepDraft]) -> list[VerifyResult] | None:
+        """One batched verify; None if the KV cache ran out and the newest job was preempted."""
+        started = time.monotonic()
+        try:
+            results = await self.target.verify([VerifyItem(j.seq_id, d.tree) for j, d in zip(jobs, drafts)])
+        except ResourceExhausted:
+            await self._preempt(jobs[-1])
+            return None
+        self.target_ok = True
+        self.proposer.observe(jobs, drafts, results, time.monotonic() - started)
+        return results
+
+    async def _postprocess(self, span, jobs: list[Job], drafts: list[StepDraft],
+                           results: list[VerifyResult]) -> None:
+        finished = []
+        for job, draft, res in zip(jobs, drafts, results):
+            job.stats.record(len(draft.tree) - 1, len(res.accepted_tokens), len(jobs), draft.drafter)
+            self.obs.step_item(span, job, draft.tree, draft.label, res)  # before the job may end
+            job.new_tokens += res.new_tokens
+            if not job.add_tokens(res.new_tokens, len(res.accepted_tokens)) or job.cancelled:
+                finished.append(job)
+        self.obs.step_done(span, [d.tree for d in drafts], [d.label for d in drafts], results,
+                           self.target.free_blocks)
+        await self._release(finished)
+
+    # --- joining the batch ---------------------------------------------------------------------
+    async def _schedule(self) -> None:
+        await self._release([j for j in self.running if j.cancelled])
+        batch = self._admissible()
+        if batch:
+            await self._prefill(batch)
 
     def _blocks_for(self, job: Job) -> int:
         # Prompt plus one step's worst-case tree: what a prefill and first verify need.
         need = len(job.history) + self.info.max_tree_nodes
         return -(-need // self.info.block_size)
 
-    async def _admit(self) -> None:
+    def _admissible(self) -> list[Job]:
+        """Take waiting jobs while the batch limit and the KV estimate allow."""
         batch: list[Job] = []
         budget = self.free_blocks
         while self.waiting and len(self.running) + len(batch) < self.cfg.max_batch:
@@ -131,26 +187,24 @@ class Orchestrator:
             self.waiting.popleft()
             budget -= self._blocks_for(job)
             batch.append(job)
-        if batch:
-            await self._prefill(batch)
+        return batch
 
     async def _prefill(self, jobs: list[Job]) -> None:
         reqs = [PrefillRequest(j.seq_id, tuple(j.history), j.spec.sampling) for j in jobs]
         try:
             with self.obs.prefill_span(jobs):
                 firsts = await self.target.prefill(reqs)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and self.running:
+        except ServiceError as exc:
+            if isinstance(exc, ResourceExhausted) and self.running:
                 self.waiting.extendleft(reversed(jobs))  # retry once sequences finish
                 return
-            status = {grpc.StatusCode.INVALID_ARGUMENT: 400,
-                      grpc.StatusCode.RESOURCE_EXHAUSTED: 429}.get(exc.code(), 503)
             for j in jobs:
-                j.finish(Failed(status, exc.details() or exc.code().name))
-            if status == 503:
+                j.finish(Failed(http_status(exc), str(exc)))
+            if http_status(exc) == 503:
                 raise
             return
         self.target_ok = True
+        self.free_blocks = self.target.free_blocks
         for job, res in zip(jobs, firsts):
             job.draft_synced = False
             job.new_tokens = ()
@@ -158,122 +212,24 @@ class Orchestrator:
                 self.running.append(job)
             else:
                 await self._release([job])
-        self.free_blocks = (await self.target.info()).free_blocks
-
-    async def _step(self) -> None:
-        jobs = list(self.running)
-        with self.obs.step(jobs) as span:
-            trees, names = await self._propose(jobs)
-            started = time.monotonic()
-            try:
-                results = await self.target.verify([VerifyItem(j.seq_id, t) for j, t in zip(jobs, trees)])
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    raise
-                await self._preempt(jobs[-1])
-                return
-            self.target_ok = True
-            self._observe(time.monotonic() - started, jobs, trees, names, results)
-            finished = []
-            for job, tree, name, res in zip(jobs, trees, names, results):
-                st = job.stats
-                st.steps += 1
-                st.drafted_tokens += len(tree) - 1
-                st.accepted_tokens += len(res.accepted_tokens)
-                st.max_batch_size = max(st.max_batch_size, len(jobs))
-                if len(tree) > 1 or not st.effective_drafter:
-                    st.effective_drafter = name  # the drafter of its last speculative step
-                self.obs.step_item(span, job, tree, name, res)  # before add_tokens may end the job
-                job.new_tokens = res.new_tokens
-                if not job.add_tokens(res.new_tokens, len(res.accepted_tokens)) or job.cancelled:
-                    finished.append(job)
-            self.obs.step_done(span, trees, names, results, self.target.free_blocks)
-            await self._release(finished)
-
-    async def _propose(self, jobs: list[Job]) -> tuple[list[TokenTree], list[str]]:
-        """Trees from the draft service, or root-only trees while it is unavailable."""
-        root_only = [TokenTree.root_only(j.tokens[-1]) for j in jobs]
-        budgets = {j.seq_id: self._budget(j) for j in jobs if j.spec.budget.depth > 0}
-        spec = self._speculating(jobs, budgets)
-        if not spec or time.monotonic() < self.draft_down_until:
-            down = time.monotonic() < self.draft_down_until
-            return root_only, ["none" if j.spec.budget.depth == 0 else
-                               "none (draft unavailable)" if down else "none (adaptive)" for j in jobs]
-        started = time.monotonic()
-        try:
-            unsynced = [j for j in spec if not j.draft_synced]
-            if unsynced:
-                await self.draft.prefill([(j.seq_id, j.history) for j in unsynced])
-                for j in unsynced:
-                    j.draft_synced, j.new_tokens = True, ()
-            props = await self.draft.propose(
-                [ProposeRequest(j.seq_id, j.new_tokens, budgets[j.seq_id], j.spec.drafter) for j in spec])
-        except grpc.aio.AioRpcError as exc:
-            log.warning("draft service failed (%s): decoding without speculation for %.0fs",
-                        exc.code().name, self.cfg.draft_retry_s)
-            self.draft_down_until = time.monotonic() + self.cfg.draft_retry_s
-            for j in jobs:
-                j.draft_synced = False
-            return root_only, ["none (draft unavailable)"] * len(jobs)
-        self.controller.observe_draft(time.monotonic() - started)
-        by_seq = {p.seq_id: p for p in props}
-        trees = [by_seq[j.seq_id].tree if j.seq_id in by_seq else t for j, t in zip(jobs, root_only)]
-        names = [by_seq[j.seq_id].drafter if j.seq_id in by_seq else
-                 "none" if j.spec.budget.depth == 0 else "none (adaptive)" for j in jobs]
-        return trees, names
-
-    def _speculating(self, jobs: list[Job], budgets: dict[int, TreeBudget]) -> list[Job]:
-        """The jobs that draft this step: explicit settings always, defaults if it pays."""
-        spec = [j for j in jobs if j.seq_id in budgets]
-        auto = [j for j in spec if j.spec.adaptive]
-        if not auto or not self.cfg.adaptive_speculation:
-            return spec
-        nodes = len(jobs) - len(spec) + sum(self._max_nodes(budgets[j.seq_id]) for j in spec)
-        drafters = sorted({j.spec.drafter for j in auto})
-        if self.controller.should_speculate(len(jobs), nodes, drafters):
-            return spec
-        return [j for j in spec if not j.spec.adaptive]
-
-    @staticmethod
-    def _max_nodes(budget: TreeBudget) -> int:
-        return static_tree_size(budget.branching) if budget.is_static else budget.max_nodes
-
-    def _observe(self, seconds: float, jobs: list[Job], trees: list[TokenTree], names: list[str],
-                 results) -> None:
-        """Feed the controller: verify time by total nodes; accepted tokens per drafted job
-        (a drafter that found nothing counts as 0, so gains are not overestimated)."""
-        self.controller.observe_verify(sum(len(t) for t in trees), seconds)
-        for job, name, res in zip(jobs, names, results):
-            if job.spec.adaptive and not name.startswith("none"):
-                self.controller.observe_accepted(job.spec.drafter, len(res.accepted_tokens))
-
-    def _budget(self, job: Job) -> TreeBudget:
-        """The job's budget clamped to its remaining tokens, the context and the node limit."""
-        committed = len(job.history) - 1  # the last token is pending, not yet in the target's KV
-        budget = clamp_budget(job.spec.budget, job.spec.max_tokens - len(job.tokens),
-                              self.info.max_model_len - committed)
-        if not budget.is_static and budget.max_nodes > self.info.max_tree_nodes:
-            budget = replace(budget, max_nodes=self.info.max_tree_nodes)
-        return budget
 
     # --- leaving the batch ---------------------------------------------------------------------
-    async def _release_cancelled(self) -> None:
-        gone = [j for j in self.running if j.cancelled]
-        if gone:
-            await self._release(gone)
-
-    async def _release(self, jobs: list[Job]) -> None:
+    async def _release(self, jobs: Sequence[Job]) -> None:
         if not jobs:
             return
-        ids = [j.seq_id for j in jobs]
         self.running = [j for j in self.running if j not in jobs]
         for j in jobs:
             if j.cancelled:
                 j.finish(Failed(499, "cancelled by the client"))
-        self.free_blocks = await self.target.release(ids)
+        self.free_blocks = await self.target.release([j.seq_id for j in jobs])
+        await self._release_drafts([j for j in jobs if j.draft_synced])
+
+    async def _release_drafts(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
         try:
-            await self.draft.release([j.seq_id for j in jobs if j.draft_synced])
-        except grpc.aio.AioRpcError:
+            await self.draft.release([j.seq_id for j in jobs])
+        except ServiceError:
             pass  # the draft service forgets everything when it restarts anyway
 
     async def _preempt(self, job: Job) -> None:
@@ -281,15 +237,14 @@ class Orchestrator:
         log.info("KV cache full: preempting sequence %d", job.seq_id)
         self.running.remove(job)
         self.free_blocks = await self.target.release([job.seq_id])
-        if job.draft_synced:
-            await self.draft.release([job.seq_id])
+        await self._release_drafts([job] if job.draft_synced else [])
         job.seq_id = next(self._ids)  # a fresh id: the old one may still be cached elsewhere
         self.waiting.appendleft(job)
 
-    async def _target_failed(self, exc: grpc.aio.AioRpcError) -> None:
-        log.error("target service failed: %s %s", exc.code().name, exc.details())
+    async def _target_failed(self, exc: ServiceError) -> None:
+        log.error("target service failed: %s", exc)
         self.target_ok = False
-        await self._fail_all(503, f"the target service is unavailable ({exc.code().name})")
+        await self._fail_all(503, f"the target service is unavailable ({exc.code}: {exc})")
 
     async def _fail_all(self, status: int, message: str) -> None:
         jobs, self.running = self.running, []
@@ -297,6 +252,6 @@ class Orchestrator:
             job.finish(Failed(status, message))
         try:
             self.free_blocks = await self.target.release([j.seq_id for j in jobs])
-        except grpc.aio.AioRpcError:
+        except ServiceError:
             pass
         await asyncio.sleep(0.05)

@@ -15,7 +15,6 @@ import socket
 import time
 from pathlib import Path
 
-import grpc
 import uvicorn
 
 from gateway.grpc_api import GatewayServicer
@@ -23,6 +22,7 @@ from gateway.http_api import create_app
 from gateway.state import GatewayConfig, GatewayState
 from gateway.text import TextCodec
 from specgrove.clients import DraftClient, TargetClient
+from specgrove.errors import ServiceError
 from specgrove.model_paths import model_dir
 from specgrove.pb.v1 import gateway_pb2, gateway_pb2_grpc
 from specgrove.service import GrpcService, run_until_signal
@@ -38,9 +38,9 @@ async def wait_for_target(client: TargetClient, timeout_s: float) -> TargetInfo:
     while True:
         try:
             return await client.info()
-        except grpc.aio.AioRpcError as exc:
+        except ServiceError as exc:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"target service at {client.address} not ready: {exc.details()}") from exc
+                raise TimeoutError(f"target service at {client.address} not ready: {exc}") from exc
             await asyncio.sleep(0.5)
 
 

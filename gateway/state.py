@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-import grpc
 from asyncio_throttle import Throttler
 
 from gateway.job import JobSpec
@@ -13,7 +12,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.observe import Observer
 from gateway.orchestrator import Orchestrator, Overloaded, SchedulerConfig
 from gateway.text import TextCodec
-from specgrove.clients import DraftClient, TargetClient
+from specgrove.errors import ServiceError
+from specgrove.ports import DraftPort, TargetPort
 from specgrove.telemetry import TelemetryConfig
 from specgrove.types import TargetInfo, TreeBudget
 
@@ -38,7 +38,7 @@ class GatewayConfig:
 
 
 class GatewayState:
-    def __init__(self, cfg: GatewayConfig, target: TargetClient, draft: DraftClient,
+    def __init__(self, cfg: GatewayConfig, target: TargetPort, draft: DraftPort,
                  info: TargetInfo, codec: TextCodec, tracer=None) -> None:
         self.cfg, self.target, self.draft, self.info, self.codec = cfg, target, draft, info, codec
         self.metrics = GatewayMetrics()
@@ -47,6 +47,7 @@ class GatewayState:
         self.metrics.bind_gauges(lambda: len(orch.running), lambda: len(orch.waiting),
                                  lambda: obs.kv_usage(target.free_blocks))
         self.drafters: set[str] = set()
+        self.default_drafter = ""
         self.draining = False
         rate = cfg.max_requests_per_second
         self.throttle = Throttler(rate_limit=rate, period=1.0) if rate > 0 else None
@@ -57,9 +58,11 @@ class GatewayState:
 
     async def refresh_drafters(self) -> None:
         try:
-            self.drafters = {d.name for d in await self.draft.list_drafters()}
-        except grpc.aio.AioRpcError:
-            pass  # keep the last known list while the draft service is away
+            infos = await self.draft.list_drafters()
+        except ServiceError:
+            return  # keep the last known list while the draft service is away
+        self.drafters = {d.name for d in infos}
+        self.default_drafter = next((d.name for d in infos if d.is_default), "")
 
     @property
     def tracing(self) -> bool:

@@ -14,7 +14,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
-from specgrove.types import InvalidRequest
+from specgrove.errors import InvalidRequest
 
 
 def _token_text(value) -> str | None:
@@ -23,6 +23,8 @@ def _token_text(value) -> str | None:
 
 class TextCodec:
     def __init__(self, model_dir: Path) -> None:
+        if not (model_dir / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"{model_dir} has no tokenizer.json (a fast tokenizer is needed)")
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         cfg_path = model_dir / "tokenizer_config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}

@@ -1,8 +1,10 @@
-"""Async clients of the target and draft services: dataclasses in, dataclasses out.
+"""Async gRPC clients of the target and draft services: the gRPC implementations of the ports.
 
-Every call carries a deadline (``timeout_s``). Failures surface as ``grpc.aio.AioRpcError``
-with the service's status code and message, for the caller (the gateway, tests) to act on.
-``interceptors`` (e.g. ``Telemetry.client_interceptors()``) wrap every call on the channel.
+Dataclasses in, dataclasses out (``specgrove.ports``). Every call carries a deadline
+(``timeout_s``); a failed call raises the ``specgrove.errors`` class of its status code
+(``Unavailable`` for an unreachable service or a missed deadline), the same errors the
+in-process ports raise. ``interceptors`` (e.g. ``Telemetry.client_interceptors()``) wrap every
+call on the channel.
 """
 from __future__ import annotations
 
@@ -10,10 +12,13 @@ from typing import Sequence
 
 import grpc
 
+from specgrove.errors import from_status
 from specgrove.pb.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from specgrove.service import SERVER_OPTIONS
 from specgrove.types import (
     DrafterInfo,
+    DraftInfo,
+    DraftPrefill,
     PrefillRequest,
     PrefillResult,
     ProposeRequest,
@@ -30,6 +35,12 @@ class _Client:
         self.timeout_s = timeout_s
         self.channel = grpc.aio.insecure_channel(address, options=SERVER_OPTIONS,
                                                  interceptors=list(interceptors) or None)
+
+    async def _call(self, method, request, timeout_s: float | None = None):
+        try:
+            return await method(request, timeout=timeout_s or self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise from_status(exc.code().name, exc.details() or "") from exc
 
     async def close(self) -> None:
         await self.channel.close()
@@ -48,25 +59,25 @@ class TargetClient(_Client):
         self.free_blocks: int | None = None  # as of the last reply that reported it
 
     async def info(self) -> TargetInfo:
-        msg = await self.stub.Info(common_pb2.InfoRequest(), timeout=self.timeout_s)
+        msg = await self._call(self.stub.Info, common_pb2.InfoRequest())
         self.free_blocks = msg.free_blocks
         return TargetInfo.from_pb(msg)
 
     async def prefill(self, requests: Sequence[PrefillRequest]) -> list[PrefillResult]:
         batch = target_pb2.PrefillBatch(requests=[r.to_pb() for r in requests])
-        msg = await self.stub.Prefill(batch, timeout=self.timeout_s)
+        msg = await self._call(self.stub.Prefill, batch)
         self.free_blocks = msg.free_blocks
         return [PrefillResult.from_pb(r) for r in msg.results]
 
     async def verify(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         batch = target_pb2.VerifyBatch(items=[i.to_pb() for i in items])
-        msg = await self.stub.Verify(batch, timeout=self.timeout_s)
+        msg = await self._call(self.stub.Verify, batch)
         self.free_blocks = msg.free_blocks
         return [VerifyResult.from_pb(r) for r in msg.results]
 
     async def release(self, seq_ids: Sequence[int]) -> int:
         """Free sequences; returns the target's free KV blocks afterwards."""
-        msg = await self.stub.Release(common_pb2.ReleaseRequest(seq_ids=seq_ids), timeout=self.timeout_s)
+        msg = await self._call(self.stub.Release, common_pb2.ReleaseRequest(seq_ids=seq_ids))
         self.free_blocks = msg.free_blocks
         return msg.free_blocks
 
@@ -76,31 +87,30 @@ class DraftClient(_Client):
         super().__init__(address, timeout_s, interceptors)
         self.stub = draft_pb2_grpc.DraftServiceStub(self.channel)
 
-    async def info(self) -> draft_pb2.DraftInfo:
-        return await self.stub.Info(common_pb2.InfoRequest(), timeout=self.timeout_s)
+    async def info(self) -> DraftInfo:
+        return DraftInfo.from_pb(await self._call(self.stub.Info, common_pb2.InfoRequest()))
 
-    async def prefill(self, sequences: Sequence[tuple[int, Sequence[int]]]) -> None:
-        batch = draft_pb2.DraftPrefillBatch(
-            sequences=[draft_pb2.DraftPrefill(seq_id=s, token_ids=t) for s, t in sequences])
-        await self.stub.Prefill(batch, timeout=self.timeout_s)
+    async def prefill(self, sequences: Sequence[DraftPrefill]) -> None:
+        batch = draft_pb2.DraftPrefillBatch(sequences=[s.to_pb() for s in sequences])
+        await self._call(self.stub.Prefill, batch)
 
     async def propose(self, requests: Sequence[ProposeRequest]) -> list[ProposeResult]:
         batch = draft_pb2.ProposeBatch(requests=[r.to_pb() for r in requests])
-        msg = await self.stub.Propose(batch, timeout=self.timeout_s)
+        msg = await self._call(self.stub.Propose, batch)
         return [ProposeResult.from_pb(r) for r in msg.results]
 
     async def release(self, seq_ids: Sequence[int]) -> None:
-        await self.stub.Release(common_pb2.ReleaseRequest(seq_ids=seq_ids), timeout=self.timeout_s)
+        await self._call(self.stub.Release, common_pb2.ReleaseRequest(seq_ids=seq_ids))
 
     async def load_drafter(self, name: str, spec: str, make_default: bool = False,
-                           timeout_s: float = 300.0) -> DrafterInfo:
+                           timeout_s: float = 600.0) -> DrafterInfo:
         """Load a drafter (a model may take minutes: a longer deadline of its own)."""
         req = draft_pb2.LoadDrafterRequest(name=name, spec=spec, make_default=make_default)
-        return DrafterInfo.from_pb(await self.stub.LoadDrafter(req, timeout=timeout_s))
+        return DrafterInfo.from_pb(await self._call(self.stub.LoadDrafter, req, timeout_s))
 
     async def unload_drafter(self, name: str) -> None:
-        await self.stub.UnloadDrafter(draft_pb2.UnloadDrafterRequest(name=name), timeout=self.timeout_s)
+        await self._call(self.stub.UnloadDrafter, draft_pb2.UnloadDrafterRequest(name=name))
 
     async def list_drafters(self) -> list[DrafterInfo]:
-        msg = await self.stub.ListDrafters(draft_pb2.ListDraftersRequest(), timeout=self.timeout_s)
+        msg = await self._call(self.stub.ListDrafters, draft_pb2.ListDraftersRequest())
         return [DrafterInfo.from_pb(d) for d in msg.drafters]

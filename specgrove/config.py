@@ -1,18 +1,18 @@
-"""Small frozen configuration objects shared by the services and the CLI, validated once."""
+"""Small frozen configuration objects shared by the services and the CLI, validated once.
+
+Torch-free: the gateway, ``specgrove up`` and ``specgrove trace`` import this module without
+loading torch; the torch objects (``torch_dtype``, ``torch_device``) are resolved on access.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from specgrove.runner import KVCacheConfig
+from specgrove.errors import InvalidRequest
+from specgrove.kv import KVCacheConfig
 from specgrove.tree import parse_branching
-from specgrove.types import InvalidRequest, TreeBudget
+from specgrove.types import TreeBudget
 
-DTYPES = {
-    "float32": torch.float32, "float16": torch.float16,
-    "bfloat16": torch.bfloat16, "float64": torch.float64,
-}
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 @dataclass(frozen=True)
@@ -24,17 +24,22 @@ class ModelRunConfig:
     device: str = "auto"
     kernel_backend: str = "auto"
     kv: KVCacheConfig = KVCacheConfig()
+    transposed: bool | None = None  # weight layout; None = the loader's default for the device
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise InvalidRequest("dtype", f"{self.dtype!r} is not one of {', '.join(DTYPES)}")
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
 
     @property
-    def torch_device(self) -> torch.device:
+    def torch_device(self):
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
@@ -52,8 +57,6 @@ def tree_budget(
         max_nodes=16 if nodes is None else nodes, max_depth=5 if depth is None else depth,
         top_k=4 if top_k is None else top_k,
     )
-    if budget.max_nodes < 1 or budget.max_depth < 0 or budget.top_k < 1:
-        raise InvalidRequest("tree", "nodes must be >= 1, depth >= 0 and top-k >= 1")
     return budget
 
 

@@ -11,8 +11,19 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from specgrove.errors import ResourceExhausted
 
-class KVCacheExhausted(RuntimeError):
+
+@dataclass(frozen=True)
+class KVCacheConfig:
+    """Geometry of a paged KV cache: ``num_blocks`` blocks of ``block_size`` token slots."""
+
+    block_size: int = 16
+    num_blocks: int = 1024
+    shuffle_seed: int | None = None  # hand out physical blocks in random order (testing)
+
+
+class KVCacheExhausted(ResourceExhausted):
     """Not enough free blocks for a requested allocation (nothing was allocated)."""
 
 
@@ -32,6 +43,10 @@ class CommitPlan:
 
 
 class BlockManager:
+    @staticmethod
+    def of(cfg: KVCacheConfig) -> "BlockManager":
+        return BlockManager(cfg.num_blocks, cfg.block_size, cfg.shuffle_seed)
+
     def __init__(self, num_blocks: int, block_size: int, shuffle_seed: int | None = None) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be positive")
@@ -51,9 +66,6 @@ class BlockManager:
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
-
-    def usage(self) -> float:
-        return 1.0 - len(self._free) / self.num_blocks
 
     # --- per sequence -----------------------------------------------------------------------
     def __contains__(self, seq_id: int) -> bool:

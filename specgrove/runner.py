@@ -1,9 +1,15 @@
 """Runs a model over its own paged KV cache: the piece the target engine and model drafters share.
 
-A forward takes, per sequence, new tokens with their RoPE positions, written right after the
-sequence's committed tokens (plus any tree tokens already written this step). Causal items are
-prompt chunks or catch-up tokens; tree items carry their ancestor-mask rows. Metadata is built
-once per forward and shared by every layer (nano-vllm / vLLM v1 style).
+Two halves, split so that tensor-parallel ranks share the second:
+
+* :class:`ModelRunner` owns the block manager and *prepares* each forward on the host: per
+  sequence, new tokens with their RoPE positions, written right after the sequence's committed
+  tokens (plus any tree tokens already written this step). Causal items are prompt chunks or
+  catch-up tokens; tree items carry their ancestor-mask rows. Metadata is built once per
+  forward and shared by every layer (nano-vllm / vLLM v1 style).
+* :class:`ModelExecutor` holds the model and the KV tensors and *executes* a prepared batch,
+  or applies a commit plan's slot copies. A tensor-parallel worker runs only an executor: rank
+  0 prepares and broadcasts, every rank executes on its own shard.
 """
 from __future__ import annotations
 
@@ -12,15 +18,8 @@ from typing import Sequence
 
 import torch
 
-from specgrove.kv import BlockManager
+from specgrove.kv import BlockManager, KVCacheConfig
 from specgrove.modeling.attention import AttentionMetadata
-
-
-@dataclass(frozen=True)
-class KVCacheConfig:
-    block_size: int = 16
-    num_blocks: int = 1024
-    shuffle_seed: int | None = None  # hand out physical blocks in random order (testing)
 
 
 @dataclass(frozen=True)
@@ -46,13 +45,14 @@ class PreparedBatch:
     bounds: tuple[int, ...]  # item i owns logits rows bounds[i]:bounds[i+1]
 
 
-class ModelRunner:
+class ModelExecutor:
+    """A model (or one rank's shard of it) and its KV tensors; runs prepared batches."""
+
     def __init__(self, model: torch.nn.Module, kv: KVCacheConfig, device: torch.device) -> None:
         cfg = model.config
         self.model = model
         self.device = device
         self.dtype = model.lm_head.weight.dtype
-        self.blocks = BlockManager(kv.num_blocks, kv.block_size, kv.shuffle_seed)
         self.kv_cache = torch.zeros(  # [layers, 2, blocks, block_size, Hkv_local, D]
             cfg.num_layers, 2, kv.num_blocks, kv.block_size, model.kv_heads_per_rank,
             cfg.head_dim, dtype=self.dtype, device=device,
@@ -63,22 +63,8 @@ class ModelRunner:
     def config(self):
         return self.model.config
 
-    @torch.inference_mode()
-    def forward(self, items: Sequence[ForwardItem]) -> list[torch.Tensor]:
-        """Reserve slots, run one batched forward, return logits per item ([n or 1, V])."""
-        for item in items:
-            self.blocks.reserve(item.seq_id, item.tree_offset + len(item.token_ids))
-        batch = self._prepare(items)
-        logits = self.execute(batch)
-        b = batch.bounds
-        return [logits[b[i] : b[i + 1]] for i in range(len(items))]
-
     def execute(self, batch: PreparedBatch) -> torch.Tensor:
-        """Run the model on a prepared batch: logits of the selected rows, [R, V].
-
-        The only step a tensor-parallel rank needs besides ``apply_copies``: rank 0 prepares,
-        every rank executes the same batch on its own shard.
-        """
+        """Run the model on a prepared batch: logits of the selected rows, [R, V]."""
         hidden = self.model(batch.input_ids, batch.positions, self.kv_cache, batch.meta)
         return self.model.logits(hidden[batch.logit_rows])
 
@@ -87,10 +73,37 @@ class ModelRunner:
         self._backend.commit_kv(self.kv_cache, src, dst)
 
     def close(self) -> None:
-        """Release what the runner holds beyond memory (tensor-parallel workers); no-op here."""
+        """Release what the executor holds beyond memory (tensor-parallel ranks); no-op here."""
 
-    def commit(self, seq_id: int, num_tokens: int, path: Sequence[int] | None = None) -> None:
-        self.commit_many([(seq_id, num_tokens, path)])
+
+class ModelRunner:
+    """Block manager + host-side preparation over an executor (local or tensor-parallel)."""
+
+    def __init__(self, executor: ModelExecutor, kv: KVCacheConfig) -> None:
+        self.executor = executor
+        self.blocks = BlockManager.of(kv)
+        self.device = executor.device
+
+    @property
+    def config(self):
+        return self.executor.config
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.executor.model
+
+    @torch.inference_mode()
+    def forward(self, items: Sequence[ForwardItem]) -> list[torch.Tensor]:
+        """Reserve slots, run one batched forward, return logits per item ([n or 1, V])."""
+        for item in items:
+            self.blocks.reserve(item.seq_id, item.tree_offset + len(item.token_ids))
+        batch = self._prepare(items)
+        logits = self.executor.execute(batch)
+        b = batch.bounds
+        return [logits[b[i] : b[i + 1]] for i in range(len(items))]
+
+    def close(self) -> None:
+        self.executor.close()
 
     def commit_many(self, commits: Sequence[tuple[int, int, Sequence[int] | None]]) -> None:
         """Commit several sequences and apply all their path copies in one kernel call."""
@@ -102,7 +115,7 @@ class ModelRunner:
             dst += plan.dst_slots
         if src:
             as_tensor = lambda x: torch.tensor(x, dtype=torch.int64, device=self.device)
-            self.apply_copies(as_tensor(src), as_tensor(dst))
+            self.executor.apply_copies(as_tensor(src), as_tensor(dst))
 
     def _prepare(self, items: Sequence[ForwardItem]) -> PreparedBatch:
         dev = self.device
@@ -165,17 +178,20 @@ class ModelRunner:
         return torch.cat(rows), torch.tensor(windows, dtype=torch.int32)
 
 
-def load_runner(
-    name_or_path: str, dtype: torch.dtype, device: torch.device, kv: KVCacheConfig,
-    backend: str = "auto", tp=None,
-) -> ModelRunner:
-    """Resolve a model name or path, build our model with the chosen kernels, allocate its KV.
-
-    ``tp`` (a :class:`specgrove.modeling.parallel.TPGroup`) loads only this rank's shards.
-    """
+def load_executor(run, tp=None, device: torch.device | None = None) -> ModelExecutor:
+    """Build the model of ``run`` (a :class:`specgrove.config.ModelRunConfig`) with its kernels
+    and KV tensors: the whole model, or with ``tp`` (a ``TPGroup``) this rank's shard only.
+    The one way every runner -- target, draft model, tensor-parallel rank -- is built."""
     from kernels.backend import select_backend
     from specgrove.modeling.loader import build_model, resolve_model
 
-    path = resolve_model(name_or_path)
-    model = build_model(path, dtype, device, select_backend(backend, device), tp=tp)
-    return ModelRunner(model, kv, device)
+    device = device or run.torch_device
+    model = build_model(resolve_model(run.model), run.torch_dtype, device,
+                        select_backend(run.kernel_backend, device), tp=tp,
+                        transposed=run.transposed)
+    return ModelExecutor(model, run.kv, device)
+
+
+def load_runner(run) -> ModelRunner:
+    """A single-process runner for ``run`` (a :class:`specgrove.config.ModelRunConfig`)."""
+    return ModelRunner(load_executor(run), run.kv)

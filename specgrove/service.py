@@ -1,19 +1,18 @@
 """What the target and draft gRPC services share: server set-up, error mapping, lifecycle.
 
-Every servicer method runs engine work on one dedicated thread (the engines are not
-thread-safe, and the event loop must stay free for health checks and new calls). Exceptions map
-to status codes once, here: caller errors -> INVALID_ARGUMENT naming the field, unknown
-sequences -> NOT_FOUND, KV exhaustion -> RESOURCE_EXHAUSTED, not yet loaded -> UNAVAILABLE.
+Engine calls run on one dedicated thread (``specgrove.engine_thread``) behind the in-process
+ports the servicers wrap. Exceptions map to status codes once,
+here, by their ``specgrove.errors`` class: caller errors -> INVALID_ARGUMENT naming the field,
+unknown sequences -> NOT_FOUND, KV exhaustion -> RESOURCE_EXHAUSTED, not yet loaded or down ->
+UNAVAILABLE, anything else -> INTERNAL (logged).
 """
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import signal
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable, Iterable
 
 import grpc
@@ -21,9 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from specgrove import telemetry
-from specgrove.kv import KVCacheExhausted
+from specgrove.errors import ServiceError, Unavailable
 from specgrove.tree import TreeError
-from specgrove.types import InvalidRequest, UnknownSequence
 
 log = logging.getLogger("specgrove.service")
 
@@ -46,23 +44,19 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
             s.close()
 
 
-class NotReady(RuntimeError):
+class NotReady(Unavailable):
     """The service is still loading its model."""
 
 
-class ServiceDown(RuntimeError):
+class ServiceDown(Unavailable):
     """The service can no longer serve at all (e.g. a tensor-parallel rank died): it must stop."""
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
-    if isinstance(exc, (InvalidRequest, TreeError)):
+    if isinstance(exc, TreeError):  # a malformed tree is the caller's error
         return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, UnknownSequence):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, KVCacheExhausted):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, (NotReady, ServiceDown)):
-        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, ServiceError):
+        return grpc.StatusCode[exc.code]
     return grpc.StatusCode.INTERNAL
 
 
@@ -85,22 +79,6 @@ def rpc(method: Callable[..., Awaitable]):
             await context.abort(code, str(exc) or type(exc).__name__)
 
     return wrapper
-
-
-class EngineThread:
-    """A single worker thread that runs all engine calls in order."""
-
-    def __init__(self, name: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-
-    async def run(self, fn: Callable, *args):
-        # run_in_executor does not carry contextvars; the copy carries the current span and
-        # the bound tracer, so engine spans nest under the RPC that asked for the work.
-        ctx = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, fn, *args)
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class GrpcService:

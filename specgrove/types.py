@@ -7,25 +7,11 @@ servicers and clients. One object per phase of a step: ``PrefillRequest`` -> ``P
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from specgrove.errors import InvalidRequest
 from specgrove.pb.v1 import common_pb2, draft_pb2, target_pb2
-from specgrove.tree import TokenTree
-
-
-class InvalidRequest(ValueError):
-    """A caller error naming the offending field (maps to HTTP 400 / INVALID_ARGUMENT)."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-
-
-class UnknownSequence(KeyError):
-    """A sequence id the service does not hold (maps to NOT_FOUND)."""
-
-    def __str__(self) -> str:  # KeyError would print the repr of its argument
-        return str(self.args[0]) if self.args else "unknown sequence"
+from specgrove.tree import TokenTree, static_tree_size
 
 
 @dataclass(frozen=True)
@@ -96,6 +82,29 @@ class TreeBudget:
             return len(self.branching)
         return self.max_depth if self.max_nodes > 1 else 0
 
+    @property
+    def speculates(self) -> bool:
+        """False for a budget that can only give root-only trees (plain decoding)."""
+        return self.depth > 0
+
+    @property
+    def node_bound(self) -> int:
+        """The most nodes (root included) a tree within this budget can have."""
+        return static_tree_size(self.branching) if self.is_static else self.max_nodes
+
+    def clamped(self, room_tokens: int, room_context: int, max_nodes: int) -> "TreeBudget":
+        """Shrink the budget so that a step never drafts past the request's remaining tokens
+        (``room_tokens``), the context (``room_context`` free positions) or the verifier's
+        node limit. The tree's root is the pending token, so depth d needs d + 1 of each."""
+        depth = max(0, min(self.depth, room_tokens - 1, room_context - 1))
+        if self.is_static:
+            branching = self.branching[:depth]
+            while branching and static_tree_size(branching) > min(room_context, max_nodes):
+                branching = branching[:-1]
+            return replace(self, branching=branching)
+        nodes = max(1, min(self.max_nodes, room_context, max_nodes))
+        return replace(self, max_depth=depth, max_nodes=nodes)
+
     @staticmethod
     def from_pb(msg: common_pb2.TreeBudget) -> "TreeBudget":
         return TreeBudget(tuple(msg.branching), max(msg.max_nodes, 1), msg.max_depth,
@@ -132,6 +141,35 @@ class PrefillResult:
 
     def to_pb(self) -> target_pb2.PrefillResult:
         return target_pb2.PrefillResult(seq_id=self.seq_id, first_token=self.first_token)
+
+
+@dataclass(frozen=True)
+class DraftPrefill:
+    """Registers a sequence with the draft service: its history so far."""
+
+    seq_id: int
+    token_ids: tuple[int, ...]  # prompt + generated tokens, the pending token last
+
+    @staticmethod
+    def from_pb(msg: draft_pb2.DraftPrefill) -> "DraftPrefill":
+        return DraftPrefill(msg.seq_id, tuple(msg.token_ids))
+
+    def to_pb(self) -> draft_pb2.DraftPrefill:
+        return draft_pb2.DraftPrefill(seq_id=self.seq_id, token_ids=self.token_ids)
+
+
+@dataclass(frozen=True)
+class DraftInfo:
+    vocab_size: int
+    default_drafter: str
+    num_sequences: int
+
+    @staticmethod
+    def from_pb(msg: draft_pb2.DraftInfo) -> "DraftInfo":
+        return DraftInfo(msg.vocab_size, msg.default_drafter, msg.num_sequences)
+
+    def to_pb(self) -> draft_pb2.DraftInfo:
+        return draft_pb2.DraftInfo(**self.__dict__)
 
 
 @dataclass(frozen=True)

@@ -6,20 +6,17 @@ import os
 import torch
 
 from specgrove.config import ModelRunConfig
-from specgrove.runner import ModelRunner, load_runner
+from specgrove.runner import ModelRunner
 
 
-def build_runner(run: ModelRunConfig, tp: int, timeout_s: float = 120.0) -> ModelRunner | None:
+def build_runner(run: ModelRunConfig, tp: int = 1, timeout_s: float = 120.0) -> ModelRunner | None:
     """The rank-0 runner (None on a worker rank started by torchrun, after it has served).
 
     With ``tp > 1`` on CPU each rank gets ``cores // tp`` intra-op threads, this one included:
     oversubscribed OpenMP threads made steps 5-25x slower on a 2-core machine.
     """
-    if tp <= 1:
-        return load_runner(run.model, run.torch_dtype, run.torch_device, run.kv, run.kernel_backend)
     from target_service.tp import start_tp_runner
 
-    if run.torch_device.type == "cpu":
+    if tp > 1 and run.torch_device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp))
-    return start_tp_runner(run.model, run.torch_dtype, run.torch_device, run.kv,
-                           run.kernel_backend, tp_size=tp, timeout_s=timeout_s)
+    return start_tp_runner(run, tp_size=tp, timeout_s=timeout_s)

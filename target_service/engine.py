@@ -19,15 +19,8 @@ from specgrove.kv import KVCacheExhausted
 from specgrove.runner import ForwardItem, ModelRunner
 from specgrove.sampling import accept_greedy, accept_sampled, make_generator, target_probs
 from specgrove.tree import TokenTree
-from specgrove.types import (
-    InvalidRequest,
-    PrefillRequest,
-    PrefillResult,
-    SamplingParams,
-    UnknownSequence,
-    VerifyItem,
-    VerifyResult,
-)
+from specgrove.errors import InvalidRequest, UnknownSequence
+from specgrove.types import PrefillRequest, PrefillResult, SamplingParams, VerifyItem, VerifyResult
 
 
 @dataclass

@@ -11,12 +11,14 @@ import logging
 from dataclasses import dataclass, field
 
 from specgrove.config import ModelRunConfig
+from specgrove.engine_thread import EngineThread
 from specgrove.pb.v1 import target_pb2, target_pb2_grpc
 from specgrove.service_server import ServiceServer
 from specgrove.telemetry import TelemetryConfig
 from target_service.builder import build_runner
 from target_service.engine import TargetEngine
-from target_service.servicer import TargetLimits, TargetServicer
+from target_service.local import LocalTarget, TargetLimits
+from target_service.servicer import TargetServicer
 
 log = logging.getLogger("specgrove.target")
 SERVICE_NAME = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
@@ -46,7 +48,8 @@ class TargetServer(ServiceServer):
     def __init__(self, cfg: TargetServerConfig) -> None:
         super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry)
         self.cfg = cfg
-        self.servicer = TargetServicer(cfg.run.model, cfg.run.dtype, cfg.limits, cfg.tp)
+        self.thread = EngineThread("target-engine")
+        self.servicer = TargetServicer()
         self.servicer.on_fatal = self.go_down
 
     def _register(self, server) -> None:
@@ -54,10 +57,12 @@ class TargetServer(ServiceServer):
         target_pb2_grpc.add_TargetServiceServicer_to_server(self.servicer, server)
 
     async def _load(self) -> None:
-        self.servicer.engine = await self.servicer.thread.run(build_engine, self.cfg)
+        engine = await self.thread.run(build_engine, self.cfg)
+        self.servicer.target = LocalTarget(engine, self.cfg.run.model, self.cfg.run.dtype,
+                                           self.cfg.limits, self.thread)
         log.info("target %s serving on %s:%d", self.cfg.run.model, self.cfg.host, self.port)
 
     def _close(self) -> None:
-        self.servicer.thread.shutdown()
-        if self.servicer.engine is not None:
-            self.servicer.engine.runner.close()
+        self.thread.shutdown()
+        if self.servicer.target is not None:
+            self.servicer.target.engine.runner.close()

@@ -1,25 +1,38 @@
-"""Shared test helpers: build engines over tiny checkpoints."""
+"""Shared test helpers: engines over tiny checkpoints, and generation through the real step loop.
+
+``generate`` runs the gateway's orchestrator over the in-process ports, the same loop that
+serves REST and gRPC users; tests never drive the engines with a loop of their own.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from draft_service.drafters.model import ModelDrafter
 from draft_service.drafters.ngram import NgramDrafter
 from draft_service.engine import DraftEngine
-from kernels.backend import select_backend
-from specgrove.modeling.loader import build_model
-from specgrove.runner import KVCacheConfig, ModelRunner
+from draft_service.local import LocalDraft
+from gateway.job import JobSpec
+from gateway.offline import OFFLINE, Completion
+from gateway.offline import generate as run_orchestrator
+from gateway.orchestrator import SchedulerConfig
+from specgrove.config import ModelRunConfig
+from specgrove.kv import KVCacheConfig
+from specgrove.runner import ModelRunner, load_runner
+from specgrove.types import SamplingParams, TreeBudget
 from target_service.engine import TargetEngine
+from target_service.local import LocalTarget, TargetLimits
 
 CPU = torch.device("cpu")
 
 
 def runner(path: Path, dtype=torch.float64, block_size=4, num_blocks=512, shuffle_seed=None,
            transposed=None, backend="torch") -> ModelRunner:
-    model = build_model(path, dtype, CPU, select_backend(backend, CPU), transposed=transposed)
-    return ModelRunner(model, KVCacheConfig(block_size, num_blocks, shuffle_seed), CPU)
+    run = ModelRunConfig(str(path), str(dtype).removeprefix("torch."), "cpu", backend,
+                         KVCacheConfig(block_size, num_blocks, shuffle_seed), transposed)
+    return load_runner(run)
 
 
 def target_engine(path: Path, **kw) -> TargetEngine:
@@ -32,3 +45,23 @@ def draft_engine(draft_path: Path | None = None, **kw) -> DraftEngine:
         drafters["model"] = ModelDrafter(runner(draft_path, **kw))
     return DraftEngine.of(drafters, "ngram")
 
+
+def request(prompt: Sequence[int], max_tokens: int, sampling: SamplingParams = SamplingParams(),
+            budget: TreeBudget = TreeBudget.off(), drafter: str = "", **kw) -> JobSpec:
+    """A token-level request that ignores end-of-sequence tokens (tests compare fixed lengths)."""
+    return JobSpec(tuple(prompt), max_tokens, sampling, drafter=drafter, budget=budget,
+                   ignore_eos=kw.pop("ignore_eos", True), **kw)
+
+
+def generate(target: TargetEngine, drafts: DraftEngine, specs: Sequence[JobSpec],
+             cfg: SchedulerConfig = OFFLINE, codec=None) -> list[Completion]:
+    """Run ``specs`` through the orchestrator over in-process ports of these engines."""
+    limits = TargetLimits(max_num_seqs=1 << 20, max_tree_nodes=256)
+    local_target = LocalTarget(target, "test-model", "float64", limits)
+    local_draft = LocalDraft(drafts, target.vocab_size)
+    try:
+        return run_orchestrator(local_target, local_draft, specs, codec, cfg)
+    finally:
+        local_target.thread.shutdown()
+        local_draft.thread.shutdown()
+        local_draft.loader.shutdown()

@@ -8,9 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from specgrove.modeling.loader import load_tokenizer, resolve_model
-from specgrove.speculate import GenerationRequest, generate
 from specgrove.types import TreeBudget
-from tests.helpers import draft_engine, target_engine
+from tests.helpers import draft_engine, generate, request, target_engine
 
 pytestmark = [
     pytest.mark.slow,
@@ -31,9 +30,8 @@ def test_smollm2_greedy_matches_hf_with_and_without_speculation():
                        eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
     target = target_engine(path, dtype=torch.float32, block_size=16, num_blocks=64)
     drafts = draft_engine()
-    plain = generate(target, drafts, [GenerationRequest(0, prompt, 20)])[0]
-    spec = generate(target, drafts, [GenerationRequest(1, prompt, 20,
-                                                       budget=TreeBudget(max_nodes=8, max_depth=4))])[0]
+    plain = generate(target, drafts, [request(prompt, 20)])[0]
+    spec = generate(target, drafts, [request(prompt, 20, budget=TreeBudget(max_nodes=8, max_depth=4))])[0]
     assert plain.token_ids == want
     assert spec.token_ids == want
-    assert spec.mean_acceptance_length > 1.5  # the answer copies the prompt
+    assert spec.stats.mean_acceptance_length > 1.5  # the answer copies the prompt

@@ -18,14 +18,13 @@ from gateway.server import GatewayServer
 from gateway.state import GatewayConfig
 from gateway.text import TextCodec
 from specgrove.config import ModelRunConfig
+from specgrove.kv import KVCacheConfig
 from specgrove.pb.v1 import common_pb2, draft_pb2, gateway_pb2, gateway_pb2_grpc
-from specgrove.runner import KVCacheConfig
-from specgrove.speculate import GenerationRequest, generate
 from specgrove.types import TreeBudget
+from target_service.local import TargetLimits
 from target_service.server import TargetServer, TargetServerConfig
-from target_service.servicer import TargetLimits
 from tests.grpc_harness import ServerLoop
-from tests.helpers import draft_engine, target_engine
+from tests.helpers import draft_engine, generate, request, target_engine
 
 MAX_TOKENS = 24
 
@@ -62,15 +61,14 @@ def stack(tiny_dirs):
 
 @pytest.fixture(scope="module")
 def reference(tiny_dirs):
-    """In-process plain greedy decoding of a prompt's tokens, with the same stop token."""
+    """Plain greedy decoding of a prompt's tokens in process (the same step loop, stop tokens
+    and detokenization, without the servers)."""
     codec = TextCodec(tiny_dirs["llama"])
     engine, drafts = target_engine(tiny_dirs["llama"]), draft_engine()
-    counter = iter(range(10_000, 20_000))
 
     def run(prompt_ids, max_tokens=MAX_TOKENS):
-        out = generate(engine, drafts, [GenerationRequest(next(counter), tuple(prompt_ids), max_tokens,
-                                                          stop_token_ids=(2,))])[0]
-        return out.token_ids, codec.decode([t for t in out.token_ids if t != 2])
+        out = generate(engine, drafts, [request(prompt_ids, max_tokens, ignore_eos=False)], codec=codec)[0]
+        return out.token_ids, out.text
 
     return codec, run
 
@@ -175,7 +173,15 @@ def _free_blocks(stack) -> int:
     return stack["loop"].run(gw.state.target.info()).free_blocks
 
 
+def _wait_idle(stack) -> None:
+    """Wait until the previous test's last request has left the batch."""
+    deadline = time.monotonic() + 10
+    while not stack["gw"].state.orchestrator.idle and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_disconnect_mid_stream_frees_kv(stack):
+    _wait_idle(stack)
     baseline = _free_blocks(stack)
     with httpx.Client(timeout=60) as client:
         with client.stream("POST", stack["http"] + "/v1/completions", json={
@@ -259,3 +265,31 @@ def test_admission_rate_limit_spaces_requests(tiny_dirs):
         return time.monotonic() - start
 
     assert asyncio.run(main()) >= 2.0
+
+
+def test_rest_grpc_and_specgrove_generate_agree_on_a_seeded_request(stack, tiny_dirs):
+    """One request, three entry points, one step loop: the same tokens and text."""
+    from specgrove.cli.generate_cmd import GenerateOptions, run_generate
+
+    prompt, seed = "the quick brown fox", 11
+    cli = run_generate(GenerateOptions(
+        target=str(tiny_dirs["llama"]), draft_path=None, drafter="none", prompt=prompt, chat=False,
+        max_tokens=16, temperature=0.8, top_p=0.9, top_k=0, seed=seed, tree=None, tree_nodes=None,
+        tree_depth=None, tree_top_k=None, dtype="float64", device="cpu", kernel_backend="torch",
+        block_size=4, kv_blocks=256, as_json=True))
+    rest = httpx.post(stack["http"] + "/v1/completions", timeout=60, json={
+        "model": stack["model"], "prompt": prompt, "max_tokens": 16, "temperature": 0.8,
+        "top_p": 0.9, "seed": seed, "speculation": {"drafter": "none"}}).json()
+
+    async def via_grpc():
+        async with grpc.aio.insecure_channel(stack["grpc"]) as ch:
+            req = gateway_pb2.GenerateRequest(
+                model=stack["model"], prompt=prompt, max_tokens=16,
+                sampling=common_pb2.SamplingParams(temperature=0.8, top_p=0.9, seed=seed),
+                speculation=gateway_pb2.Speculation(off=True))
+            stream = gateway_pb2_grpc.GatewayStub(ch).Generate(req, timeout=60)
+            return [t async for m in stream for t in m.token_ids]
+
+    assert rest["choices"][0]["text"] == cli["text"]
+    assert rest["usage"]["completion_tokens"] == len(cli["token_ids"])
+    assert asyncio.run(via_grpc()) == cli["token_ids"]

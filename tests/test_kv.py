@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from specgrove.kv import BlockManager, KVCacheExhausted
-from specgrove.speculate import GenerationRequest, generate
 from specgrove.types import PrefillRequest, TreeBudget, VerifyItem
 from specgrove.tree import TokenTree
-from tests.helpers import draft_engine, target_engine
+from tests.helpers import draft_engine, generate, request, target_engine
 
 
 def test_reserve_commit_path_and_trim():
@@ -47,9 +46,10 @@ def test_commit_copies_apply_to_every_layer(tiny_dirs):
     tree = TokenTree((first, 40, 41, 42), (-1, 0, 0, 2))
     runner.blocks.reserve(0, len(tree))
     slots = runner.blocks.slots(0, 3, 7)
-    flat = runner.kv_cache.view(runner.kv_cache.shape[0], 2, -1, *runner.kv_cache.shape[4:])
+    cache = runner.executor.kv_cache
+    flat = cache.view(cache.shape[0], 2, -1, *cache.shape[4:])
     before = flat[:, :, slots].clone()
-    runner.commit(0, 3, [0, 2, 3])
+    runner.commit_many([(0, 3, [0, 2, 3])])
     after = flat[:, :, runner.blocks.slots(0, 3, 6)]
     torch.testing.assert_close(after, before[:, :, [0, 2, 3]])
 
@@ -62,13 +62,15 @@ def test_many_cycles_with_early_release_return_every_block(tiny_dirs):
     rng = random.Random(0)
     for cycle in range(6):
         reqs = [
-            GenerationRequest(cycle * 10 + i, tuple(rng.randrange(320) for _ in range(rng.randint(1, 12))),
-                              max_tokens=rng.randint(1, 14), budget=TreeBudget(branching=(2, 2)),
-                              drafter=rng.choice(["model", "ngram"]))
-            for i in range(4)
+            request(tuple(rng.randrange(320) for _ in range(rng.randint(1, 12))),
+                    max_tokens=rng.randint(1, 14), budget=TreeBudget(branching=(2, 2)),
+                    drafter=rng.choice(["model", "ngram"]))
+            for _ in range(4)
         ]
-        generate(engine, drafts, reqs)
+        outs = generate(engine, drafts, reqs)
+        assert all(o.error is None for o in outs)
         assert engine.runner.blocks.num_free_blocks == start
+        assert engine.num_sequences == 0 and drafts.num_sequences == 0
     assert drafts.registry.resolve("model").drafter.runner.blocks.num_free_blocks == draft_start
     # Released mid-generation (as a cancelled request would be): blocks come back too.
     pending = engine.prefill([PrefillRequest(99, (1, 2, 3, 4, 5))])[0].first_token

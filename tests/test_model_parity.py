@@ -30,10 +30,10 @@ def test_prefill_and_paged_decode_match_hf(tiny_dirs, arch, block_size, transpos
     r.blocks.add_sequence(0)
     prompt = 17
     out = [r.forward([ForwardItem(0, ids[:prompt].tolist(), range(prompt), all_logits=True)])[0]]
-    r.commit(0, prompt)
+    r.commit_many([(0, prompt, None)])
     for i in range(prompt, len(ids)):  # token-by-token through the paged cache
         out.append(r.forward([ForwardItem(0, [int(ids[i])], [i])])[0])
-        r.commit(0, 1)
+        r.commit_many([(0, 1, None)])
     torch.testing.assert_close(torch.cat(out), ref, atol=ATOL, rtol=0)
 
 

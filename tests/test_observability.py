@@ -20,12 +20,12 @@ from specgrove import telemetry
 from specgrove.cli import main
 from specgrove.config import ModelRunConfig
 from specgrove.pb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from specgrove.runner import KVCacheConfig
+from specgrove.kv import KVCacheConfig
 from specgrove.telemetry import TelemetryConfig, start_telemetry
-from specgrove.tracefile import SpanRecord, read_spans
+from specgrove.cli.tracefile import SpanRecord, read_spans
 from specgrove.types import TreeBudget
 from target_service.server import TargetServer, TargetServerConfig
-from target_service.servicer import TargetLimits
+from target_service.local import TargetLimits
 from tests.grpc_harness import ServerLoop
 
 TRACE_ID, PARENT_ID = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"

@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from specgrove.tracefile import read_spans
+from specgrove.cli.tracefile import read_spans
 from specgrove.service import free_ports
 
 TRACE_ID, PARENT_ID = "5b8aa5a2d2c872e8321cf37308d69df2", "051581bf3cb55c13"
@@ -62,7 +62,9 @@ def test_up_writes_one_trace_across_three_processes(tiny_dirs, tmp_path):
     for method, service in (("/specgrove.v1.DraftService/Propose", "specgrove-draft"),
                             ("/specgrove.v1.TargetService/Verify", "specgrove-target")):
         servers = [s for s in mine if s.name == method and s.service == service]
-        assert len(servers) == len(steps)
+        # Every step verifies; a step with room for only its bonus token drafts nothing and
+        # skips Propose.
+        assert len(servers) == len(steps) if "Verify" in method else len(steps) - 1 <= len(servers) <= len(steps)
         for srv in servers:  # server span (other process) -> gateway client span -> step span
             client = by_id[srv.parent_id]
             assert client.service == "specgrove-gateway" and by_id[client.parent_id].name == "step"

@@ -15,10 +15,9 @@ from scipy.stats import chisquare
 from transformers import AutoModelForCausalLM
 
 from specgrove.sampling import accept_sampled, make_generator, target_probs
-from specgrove.speculate import GenerationRequest, generate
 from specgrove.tree import TokenTree
 from specgrove.types import SamplingParams, TreeBudget
-from tests.helpers import draft_engine, target_engine
+from tests.helpers import draft_engine, generate, request, target_engine
 from tests.tiny_models import save_tiny_model
 
 ALPHA = 1e-3
@@ -109,8 +108,8 @@ def sample_outputs(small_vocab, params, drafter, budget, n=3000) -> collections.
     name = "ngram" if drafter == "ngram" else "model"
     counts = collections.Counter()
     for start in range(0, n, 500):
-        reqs = [GenerationRequest(i, PROMPT, NEW, SamplingParams(params.temperature, params.top_p,
-                                  params.top_k, seed=i), budget, name)
+        reqs = [request(PROMPT, NEW, SamplingParams(params.temperature, params.top_p,
+                                                    params.top_k, seed=i), budget, name)
                 for i in range(start, start + 500)]
         for out in generate(target, drafts, reqs):
             counts[tuple(out.token_ids)] += 1
@@ -146,7 +145,6 @@ def test_seeded_requests_are_reproducible(small_vocab):
     params = SamplingParams(temperature=1.0, seed=5)
     target = target_engine(small_vocab["target"])
     drafts = draft_engine(small_vocab["draft"])
-    runs = [generate(target, drafts, [GenerationRequest(i, PROMPT, 12, params,
-                                                        TreeBudget(branching=(2, 2)), "model")])
-            for i in range(2)]
+    runs = [generate(target, drafts, [request(PROMPT, 12, params, TreeBudget(branching=(2, 2)), "model")])
+            for _ in range(2)]
     assert runs[0][0].token_ids == runs[1][0].token_ids

@@ -9,17 +9,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from draft_service.server import DraftServer, DraftServerConfig
+from gateway.offline import complete
 from specgrove.clients import DraftClient, TargetClient
 from specgrove.config import ModelRunConfig
+from specgrove.errors import InvalidRequest, ServiceError
+from specgrove.kv import KVCacheConfig
 from specgrove.pb.v1 import common_pb2, target_pb2
-from specgrove.runner import KVCacheConfig
-from specgrove.speculate import GenerationRequest, generate
 from specgrove.tree import TokenTree
-from specgrove.types import PrefillRequest, ProposeRequest, TreeBudget, VerifyItem
+from specgrove.types import DraftPrefill, PrefillRequest, ProposeRequest, TreeBudget, VerifyItem
+from target_service.local import TargetLimits
 from target_service.server import TargetServer, TargetServerConfig
-from target_service.servicer import TargetLimits
-from tests.grpc_harness import ServerLoop, step_loop
-from tests.helpers import draft_engine, target_engine
+from tests.grpc_harness import ServerLoop
+from tests.helpers import draft_engine, generate, request, target_engine
 
 PROMPTS = {1: (5, 6, 7, 8, 5, 6, 7, 8, 5), 2: (9, 10, 11), 3: (20, 21, 22, 23, 24, 20, 21), 4: (42,)}
 MAX_TOKENS = 20
@@ -53,7 +54,7 @@ def services(tiny_dirs):
 @pytest.fixture(scope="module")
 def plain_tokens(tiny_dirs):
     engine = target_engine(tiny_dirs["llama"])
-    outs = generate(engine, draft_engine(), [GenerationRequest(s, p, MAX_TOKENS) for s, p in PROMPTS.items()])
+    outs = generate(engine, draft_engine(), [request(p, MAX_TOKENS) for p in PROMPTS.values()])
     return {s: o.token_ids for s, o in zip(PROMPTS, outs)}
 
 
@@ -64,8 +65,12 @@ def _with_clients(services, body):
     return asyncio.run(main())
 
 
-def _offset(prompts: dict, base: int) -> dict:
-    return {base + s: p for s, p in prompts.items()}
+async def _complete(t, d, prompts: dict, budget: TreeBudget, drafter: str) -> dict:
+    """Greedy generation through the gateway's orchestrator over the gRPC clients."""
+    outs = await complete(t, d, [request(p, MAX_TOKENS, budget=budget, drafter=drafter)
+                                 for p in prompts.values()])
+    assert all(o.error is None for o in outs), [o.error for o in outs]
+    return {s: o.token_ids for s, o in zip(prompts, outs)}
 
 
 @pytest.mark.parametrize("drafter,budget", [
@@ -74,77 +79,74 @@ def _offset(prompts: dict, base: int) -> dict:
     ("lookup", TreeBudget(max_nodes=6, max_depth=4)),
     ("", TreeBudget.off()),
 ])
-def test_grpc_step_loop_matches_in_process_greedy(services, plain_tokens, drafter, budget):
-    base = {"small": 100, "lookup": 200, "": 300}[drafter] + (10 if budget.is_static else 0)
-
+def test_orchestrator_over_grpc_matches_in_process_greedy(services, plain_tokens, drafter, budget):
     async def body(t, d):
         free = (await t.info()).free_blocks
-        out = await step_loop(t, d, _offset(PROMPTS, base), MAX_TOKENS, budget, drafter)
-        assert (await t.info()).free_blocks == free
+        out = await _complete(t, d, PROMPTS, budget, drafter)
+        assert (await t.info()).free_blocks == free and (await d.info()).num_sequences == 0
         return out
 
-    out = _with_clients(services, body)
-    assert {s - base: toks for s, toks in out.items()} == plain_tokens
+    assert _with_clients(services, body) == plain_tokens
+
+
+class SwappingDraft:
+    """The real draft client, which also records each step's drafters and runs admin calls
+    (load, unload) before the steps ``actions`` names: a hot swap in the middle of generation."""
+
+    def __init__(self, client: DraftClient, actions: dict) -> None:
+        self.client, self.actions, self.steps = client, actions, []
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    async def propose(self, requests):
+        action = self.actions.get(len(self.steps))
+        if action is not None:
+            await action(self.client)
+        results = await self.client.propose(requests)
+        self.steps.append(({p.drafter for p in results}, sorted(x.name for x in await self.client.list_drafters())))
+        return results
 
 
 def test_hot_swap_while_generating(services, plain_tokens):
-    prompts = _offset({1: PROMPTS[1], 3: PROMPTS[3]}, 400)
-    seen = []
+    async def load(d):
+        info = await d.load_drafter("fresh", f"model:{services['dirs']['draft']}")
+        assert info.kind == "model" and not info.is_default
+
+    async def unload(d):
+        await d.unload_drafter("fresh")
 
     async def body(t, d):
-        async def on_step(step, running):
-            if step == 2:  # load a new model drafter mid-generation
-                info = await d.load_drafter("fresh", f"model:{services['dirs']['draft']}")
-                assert info.kind == "model" and not info.is_default
-                seen.append(sorted(x.name for x in await d.list_drafters()))
-            if step == 5:
-                await d.unload_drafter("fresh")
-                seen.append(sorted(x.name for x in await d.list_drafters()))
+        await load(d)  # the requests name "fresh"; it goes away at step 3 and comes back at 6
+        swapping = SwappingDraft(d, {3: unload, 6: load})
+        prompts = {1: PROMPTS[1], 3: PROMPTS[3]}
+        out = await _complete(t, swapping, prompts, TreeBudget(branching=(2, 2)), "fresh")
+        await unload(d)
+        return out, swapping.steps
 
-        # Sequences name "fresh" throughout: before it exists that is an error, so start them on
-        # the default and switch by name once it is loaded.
-        budget = TreeBudget(branching=(2, 2))
-        firsts = await t.prefill([PrefillRequest(s, p) for s, p in prompts.items()])
-        out = {r.seq_id: [r.first_token] for r in firsts}
-        await d.prefill([(s, list(prompts[s]) + out[s]) for s in prompts])
-        new = {s: () for s in prompts}
-        effective = []
-        for step in range(8):
-            await on_step(step, list(prompts))
-            name = "fresh" if 2 <= step else ""
-            props = await d.propose([ProposeRequest(s, new[s], budget, name) for s in prompts])
-            effective.append({p.drafter for p in props})
-            for res in await t.verify([VerifyItem(p.seq_id, p.tree) for p in props]):
-                out[res.seq_id].extend(res.new_tokens)
-                new[res.seq_id] = res.new_tokens
-        await t.release(list(prompts))
-        await d.release(list(prompts))
-        return out, effective
-
-    out, effective = _with_clients(services, body)
-    assert seen == [["fresh", "lookup", "small"], ["lookup", "small"]]
-    assert effective[1] == {"lookup"} and effective[3] == {"fresh"} and effective[6] == {"lookup"}
-    for s, toks in out.items():
-        n = min(len(toks), MAX_TOKENS)
-        assert toks[:n] == plain_tokens[s - 400][:n]
-
-
-def _code(exc_info) -> grpc.StatusCode:
-    return exc_info.value.code()
+    out, steps = _with_clients(services, body)
+    assert steps[0] == ({"fresh"}, ["fresh", "lookup", "small"])
+    assert steps[3] == ({"lookup"}, ["lookup", "small"])  # an unloaded name falls back to the default
+    assert steps[6] == ({"fresh"}, ["fresh", "lookup", "small"])  # reloaded: catches up from history
+    assert out == {s: plain_tokens[s] for s in out}
 
 
 def test_bad_inputs_get_clear_statuses_and_harm_nobody(services, plain_tokens):
     async def body(t, d):
         first = (await t.prefill([PrefillRequest(500, PROMPTS[2])]))[0].first_token
-        await d.prefill([(500, list(PROMPTS[2]) + [first])])
+        await d.prefill([DraftPrefill(500, PROMPTS[2] + (first,))])
         errors = {}
 
         async def expect(name, call, code, needle):
-            with pytest.raises(grpc.aio.AioRpcError) as info:
+            """The status code, for raw stub calls, or the error class the clients raise."""
+            with pytest.raises((grpc.aio.AioRpcError, ServiceError)) as info:
                 await call
-            assert _code(info) == code, (name, info.value.details())
-            assert needle in info.value.details(), (name, info.value.details())
-            errors[name] = info.value.details()
+            exc = info.value
+            got = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else exc.code
+            text = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+            assert got == code.name, (name, text)
+            assert needle in text, (name, text)
+            errors[name] = text
 
         bad_parent = target_pb2.VerifyItem(seq_id=500, tree=common_pb2.TokenTree(
             token_ids=[first, 3, 4], parents=[-1, 2, 0]))
@@ -185,15 +187,14 @@ def test_bad_inputs_get_clear_statuses_and_harm_nobody(services, plain_tokens):
 
     async def healthy(t, d):
         # A healthy batch running at the same time as every bad call above.
-        return await step_loop(t, d, {700: PROMPTS[1], 701: PROMPTS[3]}, MAX_TOKENS,
-                               TreeBudget(branching=(2, 2)), "small")
+        return await _complete(t, d, {1: PROMPTS[1], 3: PROMPTS[3]}, TreeBudget(branching=(2, 2)), "small")
 
     async def both(t, d):
         return await asyncio.gather(body(t, d), healthy(t, d))
 
     errors, good = _with_clients(services, both)
     assert len(errors) == 13
-    assert good == {700: plain_tokens[1], 701: plain_tokens[3]}
+    assert good == {1: plain_tokens[1], 3: plain_tokens[3]}
 
 
 def test_vocabulary_mismatch_is_refused(services, tmp_path):
@@ -202,13 +203,10 @@ def test_vocabulary_mismatch_is_refused(services, tmp_path):
     other = save_tiny_model(tmp_path / "v400", "llama", vocab_size=400, with_tokenizer=False)
 
     async def body(t, d):
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        with pytest.raises(InvalidRequest, match="vocabulary of 400 tokens but the target has 320"):
             await d.load_drafter("bad", f"model:{other}")
-        assert _code(info) == grpc.StatusCode.INVALID_ARGUMENT
-        assert "vocabulary of 400 tokens but the target has 320" in info.value.details()
-        with pytest.raises(grpc.aio.AioRpcError) as info:
+        with pytest.raises(InvalidRequest, match="is the default drafter"):
             await d.unload_drafter("lookup")  # the default cannot go
-        assert _code(info) == grpc.StatusCode.INVALID_ARGUMENT
         return [x.name for x in await d.list_drafters()]
 
     assert _with_clients(services, body) == ["lookup", "small"]

@@ -22,21 +22,22 @@ from kernels.backend import select_backend
 from specgrove.modeling.config import ModelConfig
 from specgrove.modeling.loader import build_model
 from specgrove.modeling.parallel import ColumnParallelLinear, TPGroup
-from specgrove.runner import ForwardItem, KVCacheConfig
-from specgrove.speculate import GenerationRequest, generate
+from specgrove.config import ModelRunConfig
+from specgrove.kv import KVCacheConfig
+from specgrove.runner import ForwardItem
 from specgrove.tree import TokenTree
 from specgrove.types import PrefillRequest, TreeBudget, VerifyItem
 from target_service.engine import TargetEngine
 from target_service.tp import TPShapeError, TPWorkerDied, check_tp_shapes, start_tp_runner
-from tests.helpers import CPU, draft_engine
+from tests.helpers import CPU, draft_engine, generate, request
 
 KV = KVCacheConfig(block_size=4, num_blocks=128, shuffle_seed=3)
 PROMPTS = [(5, 6, 7, 8, 5, 6, 7, 8, 5, 6), (9, 10, 11), (42,)]
 
 
 def _start(path: Path, tp_size: int, transposed: bool | None = None, timeout_s: float = 30.0):
-    return start_tp_runner(str(path), torch.float64, CPU, KV, "torch", tp_size, timeout_s,
-                           transposed)
+    run = ModelRunConfig(str(path), "float64", "cpu", "torch", KV, transposed)
+    return start_tp_runner(run, tp_size, timeout_s)
 
 
 def _gone(pid: int) -> bool:
@@ -66,7 +67,7 @@ def start_tp():
     yield start
     torch.set_num_threads(threads)
     for runner in runners:
-        pids = runner.worker_pids.values()
+        pids = runner.executor.worker_pids.values()
         runner.close()
         assert all(_gone(pid) for pid in pids)
 
@@ -148,13 +149,12 @@ def test_greedy_generation_over_tp2_equals_tp1(tiny_dirs, start_tp):
     drafts = draft_engine(tiny_dirs["draft"])
     free = two.runner.blocks.num_free_blocks
     for i, (drafter, budget) in enumerate(BUDGETS):
-        reqs = lambda base: [GenerationRequest(base + j, p, 16, budget=budget, drafter=drafter)
-                             for j, p in enumerate(PROMPTS)]
-        want = generate(one, drafts, reqs(100 * i))
-        got = generate(two, drafts, reqs(100 * i + 50))
+        reqs = [request(p, 16, budget=budget, drafter=drafter) for p in PROMPTS]
+        want = generate(one, drafts, reqs)
+        got = generate(two, drafts, reqs)
         assert [o.token_ids for o in got] == [o.token_ids for o in want], (drafter, budget)
         if drafter == "model":
-            assert all(o.drafted_tokens > 0 for o in got)
+            assert all(o.stats.drafted_tokens > 0 for o in got)
     assert two.runner.blocks.num_free_blocks == free
 
 
@@ -166,12 +166,13 @@ def test_killed_worker_fails_the_next_call_naming_the_rank(tiny_dirs, start_tp, 
     engine = TargetEngine(runner)
     free = runner.blocks.num_free_blocks
     pending = engine.prefill([PrefillRequest(0, PROMPTS[0])])[0].first_token
-    os.kill(runner.worker_pids[1], signal.SIGKILL)
+    tp = runner.executor
+    os.kill(tp.worker_pids[1], signal.SIGKILL)
     if call == "after_the_watchdog":
         deadline = time.monotonic() + 2.0
-        while runner.failure is None and time.monotonic() < deadline:
+        while tp.failure is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert isinstance(runner.failure, TPWorkerDied) and runner.failure.rank == 1
+        assert isinstance(tp.failure, TPWorkerDied) and tp.failure.rank == 1
     start = time.monotonic()
     with pytest.raises(TPWorkerDied, match=r"tensor-parallel rank 1 exited with code -9"):
         engine.verify([VerifyItem(0, TokenTree.chain((pending, 5, 6)))])
@@ -180,7 +181,7 @@ def test_killed_worker_fails_the_next_call_naming_the_rank(tiny_dirs, start_tp, 
     with pytest.raises(TPWorkerDied, match="rank 1"):
         engine.prefill([PrefillRequest(1, PROMPTS[1])])
     assert time.monotonic() - start < 0.5
-    assert runner.failure is not None and not engine.has_sequence(1)
+    assert tp.failure is not None and not engine.has_sequence(1)
     engine.release(0)
     assert runner.blocks.num_free_blocks == free
 
@@ -194,16 +195,17 @@ def test_idle_workers_outlive_the_collective_timeout(tiny_dirs, start_tp):
     time.sleep(10.0)
     runner.blocks.rollback(0)
     runner.forward([item])
-    assert runner.failure is None
+    assert runner.executor.failure is None
 
 
 RANK0 = """
-import sys, time, torch
-from specgrove.runner import KVCacheConfig
+import sys, time
+from specgrove.config import ModelRunConfig
+from specgrove.kv import KVCacheConfig
 from target_service.tp import start_tp_runner
-runner = start_tp_runner(sys.argv[1], torch.float64, torch.device("cpu"), KVCacheConfig(4, 64),
-                         "torch", 2, 30.0)
-print(runner.worker_pids[1], flush=True)
+run = ModelRunConfig(sys.argv[1], "float64", "cpu", "torch", KVCacheConfig(4, 64))
+runner = start_tp_runner(run, 2, 30.0)
+print(runner.executor.worker_pids[1], flush=True)
 time.sleep(120)
 """
 

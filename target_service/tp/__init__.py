@@ -7,17 +7,18 @@ KV cache (KV heads / N per rank). Acceptance is decided on rank 0 only. A dead r
 next call fail fast with :class:`TPWorkerDied` naming it (:mod:`.driver`, :mod:`.monitor`), and
 workers exit when rank 0 goes away (:mod:`.worker`).
 
-    runner = start_tp_runner("/ckpt", torch.bfloat16, torch.device("cuda"), kv, tp_size=2)
+    run = ModelRunConfig("/ckpt", "bfloat16", "cuda", kv=KVCacheConfig(16, 4096))
+    runner = start_tp_runner(run, tp_size=2)
     engine = TargetEngine(runner)
     ...
     runner.close()
 """
 from target_service.tp.errors import TPFailure, TPShapeError, TPWorkerDied
-from target_service.tp.runner import TPModelRunner, start_tp_runner
+from target_service.tp.runner import TPExecutor, start_tp_runner
 from target_service.tp.shapes import check_tp_shapes
 from target_service.tp.worker import run_worker
 
 __all__ = [
-    "TPFailure", "TPModelRunner", "TPShapeError", "TPWorkerDied", "check_tp_shapes",
+    "TPExecutor", "TPFailure", "TPShapeError", "TPWorkerDied", "check_tp_shapes",
     "run_worker", "start_tp_runner",
 ]

@@ -1,20 +1,21 @@
-"""Rank 0's model runner for a tensor-parallel target, and the one call that starts it all.
+"""Rank 0's executor for a tensor-parallel target, and the one call that starts it all.
 
-:class:`TPModelRunner` is a :class:`~specgrove.runner.ModelRunner` whose rank-0 shard is driven
-in lock-step with the workers: it alone owns the block manager, prepares each batch once and
-broadcasts it, then runs ``execute`` on its own shard while the model's all-reduces and
+:class:`TPExecutor` drives rank 0's shard in lock-step with the workers: a
+:class:`~specgrove.runner.ModelRunner` over it alone owns the block manager, prepares each batch
+once, and the executor broadcasts it, then runs its own shard while the model's all-reduces and
 all-gathers (Megatron-LM, Shoeybi et al. 2019) make the ranks cooperate. Commit copies travel
 the same way. ``TargetEngine`` runs over it unchanged and decides acceptance on rank 0 only.
 """
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import torch
 
+from specgrove.config import ModelRunConfig
 from specgrove.modeling.loader import load_config, resolve_model
-from specgrove.modeling.parallel import TPGroup
-from specgrove.runner import KVCacheConfig, ModelRunner, PreparedBatch
+from specgrove.runner import ModelExecutor, ModelRunner, PreparedBatch, load_executor
 from target_service.tp import protocol
 from target_service.tp.driver import Driver
 from target_service.tp.env import RankEnv, free_port, init_group, rank_device
@@ -25,18 +26,25 @@ from target_service.tp.worker import run_worker
 from target_service.tp.workers import WorkerProcesses
 
 
-class TPModelRunner(ModelRunner):
-    def __init__(self, model, kv: KVCacheConfig, device: torch.device, driver: Driver) -> None:
-        super().__init__(model, kv, device)  # KV: [layers, 2, blocks, block_size, Hkv/N, D]
+class TPExecutor:
+    """The :class:`ModelExecutor` interface for rank 0: every call is broadcast first."""
+
+    def __init__(self, local: ModelExecutor, driver: Driver) -> None:
+        self.local = local  # rank 0's shard; KV: [layers, 2, blocks, block_size, Hkv/N, D]
         self.driver = driver
+        self.model, self.device = local.model, local.device
+
+    @property
+    def config(self):
+        return self.local.config
 
     def execute(self, batch: PreparedBatch) -> torch.Tensor:
         with self.driver.step(protocol.forward_message(batch)):
-            return super().execute(batch)
+            return self.local.execute(batch)
 
     def apply_copies(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         with self.driver.step(protocol.copies_message(src, dst)):
-            super().apply_copies(src, dst)
+            self.local.apply_copies(src, dst)
 
     @property
     def tp_size(self) -> int:
@@ -55,18 +63,8 @@ class TPModelRunner(ModelRunner):
     def close(self) -> None:
         self.driver.close()
 
-    def __enter__(self) -> "TPModelRunner":
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def start_tp_runner(
-    model: str, dtype: torch.dtype, device: torch.device, kv: KVCacheConfig,
-    backend: str = "auto", tp_size: int = 1, timeout_s: float = 120.0,
-    transposed: bool | None = None,
-) -> ModelRunner | None:
+def start_tp_runner(run: ModelRunConfig, tp_size: int = 1, timeout_s: float = 120.0) -> ModelRunner | None:
     """Start a target runner over ``tp_size`` ranks; the entry point of ``specgrove target --tp``.
 
     Without torchrun's variables this process is rank 0 and starts ranks 1..N-1 itself. Under
@@ -76,24 +74,23 @@ def start_tp_runner(
     On CPU, spawned workers take ``cores // tp_size`` intra-op threads each; give rank 0 the
     same share (``torch.set_num_threads``) before calling this.
     """
-    path = resolve_model(model)
-    check_tp_shapes(load_config(path), tp_size, model)
+    path = resolve_model(run.model)
+    check_tp_shapes(load_config(path), tp_size, run.model)
     env = RankEnv.from_environ()
     if env is not None and env.world_size != tp_size:
         raise ValueError(f"launched with WORLD_SIZE={env.world_size} but asked for --tp {tp_size}")
-    spec = ShardSpec(str(path), str(dtype).removeprefix("torch."), device.type, kv, backend,
-                     transposed, timeout_s)
+    spec = ShardSpec(replace(run, model=str(path)), timeout_s)
     if tp_size == 1:
-        return ModelRunner(spec.build_model(TPGroup(), device), kv, device)
+        return ModelRunner(load_executor(spec.run), spec.run.kv)
     if env is not None and env.rank != 0:
         run_worker(spec, env)
         return None
     return _start_rank0(spec, env, tp_size)
 
 
-def _start_rank0(spec: ShardSpec, env: RankEnv | None, tp_size: int) -> TPModelRunner:
+def _start_rank0(spec: ShardSpec, env: RankEnv | None, tp_size: int) -> ModelRunner:
     """Rank 0: spawn the workers unless torchrun started them, join, load, handshake."""
-    device = rank_device(spec.device, 0 if env is None else env.local_rank)
+    device = rank_device(spec.run.torch_device.type, 0 if env is None else env.local_rank)
     workers = None
     if env is None:
         port = free_port()
@@ -102,14 +99,14 @@ def _start_rank0(spec: ShardSpec, env: RankEnv | None, tp_size: int) -> TPModelR
     group = _join_watching(env, device, spec.timeout_s, workers)
     driver = Driver(group, device, workers, spec.timeout_s)
     try:
-        runner = TPModelRunner(spec.build_model(group, device), spec.kv, device, driver)
+        executor = TPExecutor(load_executor(spec.run, group, device), driver)
         driver.handshake()
     except BaseException as exc:
         # The workers may sit in the handshake: end them rather than send them a message.
         driver.fail(TPFailure(f"tensor-parallel start-up failed on rank 0: {exc!r}"))
         driver.close()
         raise
-    return runner
+    return ModelRunner(executor, spec.run.kv)
 
 
 def _join_watching(

@@ -1,8 +1,9 @@
 """A worker rank (1 .. N-1) of a tensor-parallel target: its shard, its KV shard, its loop.
 
 Rank 0 is the service (it owns the block tables and decides acceptance); a worker holds no
-block manager, only its shard of the weights (Megatron-LM, Shoeybi et al. 2019) and of the KV
-cache (its KV heads), and executes whatever rank 0 broadcasts until told to shut down. Run it
+block manager, only a :class:`~specgrove.runner.ModelExecutor` over its shard of the weights
+(Megatron-LM, Shoeybi et al. 2019) and of the KV cache (its KV heads), and executes whatever
+rank 0 broadcasts until told to shut down. Run it
 
 * spawned by rank 0 (:func:`target_service.tp.runner.start_tp_runner` does this), or
 * under torchrun, where every rank runs the service command and ``start_tp_runner`` sends the
@@ -28,7 +29,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-from specgrove.runner import KVCacheConfig, PreparedBatch
+from specgrove.runner import ModelExecutor, load_executor
 from target_service.tp import protocol
 from target_service.tp.env import RankEnv, init_group, rank_device
 from target_service.tp.spec import ShardSpec
@@ -39,32 +40,12 @@ log = logging.getLogger("specgrove.target.tp")
 PARENT_POLL_S = 0.5
 
 
-class ShardExecutor:
-    """A worker's model shard and KV shard; rank 0 chooses every slot, so no block manager."""
-
-    def __init__(self, model: torch.nn.Module, kv: KVCacheConfig, device: torch.device) -> None:
-        cfg = model.config
-        self.model = model
-        self.kv_cache = torch.zeros(  # [layers, 2, blocks, block_size, Hkv/N, D]
-            cfg.num_layers, 2, kv.num_blocks, kv.block_size, model.kv_heads_per_rank,
-            cfg.head_dim, dtype=model.lm_head.weight.dtype, device=device,
-        )
-        self._backend = model.model.layers[0].self_attn.backend
-
-    def execute(self, batch: PreparedBatch) -> None:
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_cache, batch.meta)
-        self.model.logits(hidden[batch.logit_rows])  # the LM head's all-gather needs every rank
-
-    def apply_copies(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        self._backend.commit_kv(self.kv_cache, src, dst)
-
-
 def run_worker(spec: ShardSpec, env: RankEnv) -> None:
     """Join the group, load this rank's shards, serve until rank 0 sends SHUTDOWN."""
-    device = rank_device(spec.device, env.local_rank)
+    device = rank_device(spec.run.torch_device.type, env.local_rank)
     group = init_group(env, device, spec.timeout_s)
     try:
-        shard = ShardExecutor(spec.build_model(group, device), spec.kv, device)
+        shard = load_executor(spec.run, group, device)
         protocol.handshake(group.group)
         _serve(shard, group.group, device)
     finally:
@@ -72,13 +53,13 @@ def run_worker(spec: ShardSpec, env: RankEnv) -> None:
 
 
 @torch.inference_mode()
-def _serve(shard: ShardExecutor, group, device: torch.device) -> None:
+def _serve(shard: ModelExecutor, group, device: torch.device) -> None:
     while True:
         message = protocol.receive(group, device)
         if message.kind is protocol.Kind.SHUTDOWN:
             return
         if message.kind is protocol.Kind.FORWARD:
-            shard.execute(message.batch)
+            shard.execute(message.batch)  # the LM head's all-gather needs every rank
         elif message.kind is protocol.Kind.COPIES:
             shard.apply_copies(*message.copies)
 

@@ -1,7 +1,8 @@
-"""The ``specgrove`` command line.
+"""The ``specgrove`` command line: the one composition root.
 
-The CLI is the composition root: it is the one module of the shared package that reaches into
-the service packages, and only inside command bodies, so importing ``specgrove`` stays light.
+``specgrove.cli`` is the only part of the shared package that imports the service packages
+(``gateway``, ``target_service``, ``draft_service``), and only inside command bodies: importing
+it, ``specgrove gateway``, ``specgrove up`` and ``specgrove trace`` load no torch.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import click
 
-from specgrove import serve_cmds
+from specgrove.cli import serve_cmds
 
 
 @click.group()
@@ -46,7 +47,7 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def generate(**opts) -> None:
     """Generate text in this process with speculative decoding."""
-    from specgrove.generate_cmd import GenerateOptions, run_generate
+    from specgrove.cli.generate_cmd import GenerateOptions, run_generate
 
     try:
         result = run_generate(GenerateOptions(**opts))
@@ -140,7 +141,7 @@ def gateway(**opts) -> None:
               help="All three services send trace spans to this OTLP collector.")
 def up(**opts) -> None:
     """Start target, draft and gateway together; Ctrl-C stops all three."""
-    from specgrove.up_cmd import UpConfig, run_up
+    from specgrove.cli.up_cmd import UpConfig, run_up
 
     run_up(UpConfig(**opts))
 
@@ -152,7 +153,7 @@ def up(**opts) -> None:
 @click.option("--png", "png", default=None, metavar="OUT", help="Also draw the timeline into this PNG.")
 def trace_cmd(file: str, request_id: str | None, png: str | None) -> None:
     """List the requests in a trace file and show one request's step timeline."""
-    from specgrove.trace_cmd import run_trace
+    from specgrove.cli.trace_cmd import run_trace
 
     try:
         click.echo(run_trace(file, request_id, png), nl=False)
@@ -176,8 +177,3 @@ def _fail(exc: Exception) -> None:
     click.echo(f"specgrove: error: {exc} ({kind})", err=True)
     sys.exit(2)
 
-
-
-
-if __name__ == "__main__":
-    main()

@@ -64,7 +64,7 @@ def test_model_tree_logits_equal_sequential_decoding_of_each_path(tiny_dirs):
     r = runner(tiny_dirs["llama"], block_size=2, shuffle_seed=4)
     r.blocks.add_sequence(0)
     r.forward([ForwardItem(0, prompt, range(5))])
-    r.commit(0, 5)
+    r.commit_many([(0, 5, None)])
     tree_logits = r.forward([ForwardItem(0, tree.token_ids, tree.positions(5),
                                          tree_mask=tree.ancestor_mask(), all_logits=True)])[0]
     for node in range(len(tree)):

@@ -8,7 +8,7 @@ releases, bookkeeping). ``--png`` draws the same timeline as a waterfall picture
 """
 from __future__ import annotations
 
-from specgrove.tracefile import RequestInfo, StepInfo, TraceIndex, read_spans
+from specgrove.cli.tracefile import RequestInfo, StepInfo, TraceIndex, read_spans
 
 
 def _ms(v: float | None) -> str:
@@ -64,7 +64,7 @@ def run_trace(path: str, request_id: str | None = None, png: str | None = None) 
         out.append("(the latest request; pick another with --request ID)")
     out.append(timeline_table(req, steps, prefill))
     if png:
-        from specgrove.trace_plot import draw_timeline
+        from specgrove.cli.trace_plot import draw_timeline
 
         draw_timeline(req, steps, prefill, png)
         out.append(f"wrote {png}")

@@ -8,7 +8,7 @@ shows at a glance.
 """
 from __future__ import annotations
 
-from specgrove.tracefile import RequestInfo, StepInfo
+from specgrove.cli.tracefile import RequestInfo, StepInfo
 
 MAX_ROWS = 200  # beyond this the rows would be too thin to read: the first steps are drawn
 COLORS = {"draft": "#4C72B0", "verify": "#DD8452", "other": "#C8C8C8", "prefill": "#8172B3",

@@ -6,14 +6,13 @@ import logging
 
 import click
 
-from specgrove.config import ModelRunConfig
-from specgrove.runner import KVCacheConfig
+from specgrove.config import DTYPES, ModelRunConfig
+from specgrove.kv import KVCacheConfig
 from specgrove.telemetry import TelemetryConfig
 
 COMMON_MODEL_OPTIONS = [
     click.option("--host", default="127.0.0.1", show_default=True),
-    click.option("--dtype", default="float32", show_default=True,
-                 type=click.Choice(["float32", "bfloat16", "float16", "float64"])),
+    click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES)),
     click.option("--device", default="auto", show_default=True),
     click.option("--kernels", "kernel_backend", default="auto", show_default=True,
                  type=click.Choice(["auto", "torch", "triton"])),
@@ -60,7 +59,7 @@ def run_target(target: str, port: int, max_num_seqs: int, max_tree_nodes: int,
                max_model_len: int | None, tp: int, **o) -> None:
     from target_service.builder import build_runner
     from target_service.server import TargetServer, TargetServerConfig
-    from target_service.servicer import TargetLimits
+    from target_service.local import TargetLimits
     from target_service.tp.env import RankEnv
 
     logging.basicConfig(level=o["log_level"], format="%(asctime)s %(name)s %(message)s")

@@ -1,0 +1,87 @@
+"""What the benchmarks share: prompt files, run metadata, and the step loop in process.
+
+Every benchmark that decodes runs the gateway's orchestrator (over the in-process ports, or over
+gRPC), the same loop users get; ``step_clock`` records the duration of each of its steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+
+
+def load_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Rows of a prompts JSONL file: ``{"id", "category", "prompt"}``."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return rows[:limit] if limit else rows
+
+
+def chat_ids(codec, text: str) -> list[int]:
+    """A user message through the model's chat template, assistant turn opened."""
+    return codec.encode_chat([{"role": "user", "content": text}])
+
+
+def meta(**extra) -> dict:
+    """Where and on what a result was measured."""
+    import torch
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=REPO).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True,
+                                    text=True, cwd=REPO).stdout.strip())
+    except OSError:
+        commit, dirty = "unknown", False
+    return {"commit": commit + ("+dirty" if dirty else ""), "machine": platform.platform(),
+            "processor": platform.processor(), "cpus": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, **extra}
+
+
+def step_clock():
+    """Gateway metrics that also keep every step's duration in ``.step_samples`` (seconds)."""
+    from gateway.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    metrics.step_samples = []
+    histogram = metrics.step_time
+
+    class Recording:
+        @staticmethod
+        def observe(seconds: float) -> None:
+            metrics.step_samples.append(seconds)
+            histogram.observe(seconds)
+
+    metrics.step_time = Recording()
+    return metrics
+
+
+def local_ports(model: str, dtype: str = "float32", kv_blocks: int = 1024, drafters=None,
+                default: str = "ngram"):
+    """The target and draft engines of ``model`` as in-process ports, plus its text codec.
+
+    ``drafters``: name -> spec (``ngram``, ``model:PATH``); default ``{"ngram": "ngram"}``.
+    """
+    from draft_service.engine import DraftEngine
+    from draft_service.factory import build_drafter
+    from draft_service.local import LocalDraft
+    from gateway.text import TextCodec
+    from specgrove.config import ModelRunConfig
+    from specgrove.kv import KVCacheConfig
+    from specgrove.modeling.loader import resolve_model
+    from specgrove.runner import load_runner
+    from target_service.engine import TargetEngine
+    from target_service.local import LocalTarget, TargetLimits
+
+    path = resolve_model(model)
+    run = ModelRunConfig(str(path), dtype, "cpu", "auto", KVCacheConfig(16, kv_blocks))
+    engine = TargetEngine(load_runner(run))
+    specs = drafters or {"ngram": "ngram"}
+    built = {name: build_drafter(spec, engine.vocab_size, run) for name, spec in specs.items()}
+    target = LocalTarget(engine, model, dtype, TargetLimits(max_tree_nodes=128))
+    draft = LocalDraft(DraftEngine.of(built, default), engine.vocab_size)
+    return target, draft, TextCodec(path)

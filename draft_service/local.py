@@ -1,0 +1,70 @@
+"""The draft service as an in-process port: :class:`DraftEngine` on its own thread.
+
+What the gRPC servicer serves and what ``specgrove generate``, the tests and the benchmarks
+drive directly. Engine work (prefill, propose, release) runs on the engine thread; loading a
+drafter runs on a separate loader thread, so a model that takes seconds to load never stalls
+the running batch. See ``specgrove.ports.DraftPort``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from draft_service.engine import DraftEngine
+from specgrove.engine_thread import EngineThread
+from specgrove.errors import InvalidRequest
+from specgrove.types import DrafterInfo, DraftInfo, DraftPrefill, ProposeRequest, ProposeResult
+
+
+class LocalDraft:
+    def __init__(self, engine: DraftEngine, vocab_size: int, thread: EngineThread | None = None,
+                 loader: EngineThread | None = None) -> None:
+        self.engine = engine
+        self.vocab_size = vocab_size
+        self.thread = thread or EngineThread("draft-engine")
+        self.loader = loader or EngineThread("draft-loader")
+
+    async def info(self) -> DraftInfo:
+        return DraftInfo(self.vocab_size, self.engine.registry.default, self.engine.num_sequences)
+
+    async def prefill(self, sequences: Sequence[DraftPrefill]) -> None:
+        ids = [s.seq_id for s in sequences]
+        if len(set(ids)) != len(ids):
+            raise InvalidRequest("sequences.seq_id", "duplicate sequence ids in one prefill")
+        for i, seq in enumerate(sequences):
+            bad = next((t for t in seq.token_ids if not 0 <= t < self.vocab_size), None)
+            if bad is not None:
+                raise InvalidRequest(f"sequences[{i}].token_ids",
+                                     f"token {bad} is outside the vocabulary of {self.vocab_size}")
+
+        def prefill_all() -> None:
+            for seq in sequences:
+                self.engine.prefill(seq.seq_id, seq.token_ids)
+
+        await self.thread.run(prefill_all)
+
+    async def propose(self, requests: Sequence[ProposeRequest]) -> list[ProposeResult]:
+        return await self.thread.run(self.engine.propose, list(requests))
+
+    async def release(self, seq_ids: Sequence[int]) -> None:
+        def release_all() -> None:
+            for seq_id in seq_ids:
+                self.engine.release(seq_id)
+
+        await self.thread.run(release_all)
+
+    async def load_drafter(self, name: str, spec: str, make_default: bool = False) -> DrafterInfo:
+        registry = self.engine.registry
+        if name in {e.name for e in registry.entries()}:
+            raise InvalidRequest("name", f"a drafter named {name!r} is already loaded")
+        entry = await self.loader.run(registry.build, name, spec)
+        return registry.add(entry, make_default)
+
+    async def unload_drafter(self, name: str) -> None:
+        self.engine.registry.remove(name)
+
+    async def list_drafters(self) -> list[DrafterInfo]:
+        return self.engine.registry.list()
+
+    async def close(self) -> None:
+        self.thread.shutdown()
+        self.loader.shutdown()

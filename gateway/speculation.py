@@ -1,0 +1,161 @@
+"""The propose phase of a step: which tree each running job verifies, and why.
+
+Per job and step the :class:`Proposer` clamps the job's tree budget (remaining tokens, context,
+the target's node limit), decides who drafts -- explicit per-request settings always, the
+gateway's default speculation only when the load controller (``gateway.controller``) expects it
+to beat plain decoding -- and asks the draft service for one tree per drafting job in one
+batched ``Propose``. Every other job gets a root-only tree (plain decoding through the same
+verify path) with a typed :class:`RootOnly` reason. If the draft service fails, the batch
+decodes root-only for ``draft_retry_s`` and the jobs re-register their full history with it
+afterwards (its state may be gone).
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from gateway.controller import SpeculationController
+from gateway.job import Job
+from specgrove.errors import ServiceError
+from specgrove.ports import DraftPort
+from specgrove.tree import TokenTree
+from specgrove.types import DraftPrefill, ProposeRequest, TargetInfo, TreeBudget, VerifyResult
+
+log = logging.getLogger("specgrove.gateway")
+
+
+class RootOnly(enum.Enum):
+    """Why a job verifies a root-only tree (plain decoding) in a step."""
+
+    OFF = "off"  # the request turned speculation off
+    NO_ROOM = "no room"  # its last token, or the end of the context: nothing to draft
+    ADAPTIVE = "adaptive"  # the default speculation is skipped: plain decoding is faster now
+    DRAFT_UNAVAILABLE = "draft unavailable"  # the draft service failed recently
+
+
+@dataclass(frozen=True)
+class StepDraft:
+    """One job's tree for one step."""
+
+    tree: TokenTree  # rooted at the job's pending token
+    drafter: str = ""  # the drafter that drafted it ("" for a root-only tree)
+    root_only: RootOnly | None = None
+
+    @property
+    def label(self) -> str:
+        """The drafter name metrics and traces use: ``none`` for root-only trees."""
+        return self.drafter or "none"
+
+
+@dataclass(frozen=True)
+class EffectiveSpeculation:
+    """The speculation a request actually gets (echoed by REST, gRPC and ``generate``)."""
+
+    drafter: str  # the drafter of its last drafting step, else the one it asked for; "none" = off
+    budget: TreeBudget | None  # its tree budget; None when speculation is off
+
+    def tree_json(self) -> dict | None:
+        b = self.budget
+        if b is None:
+            return None
+        if b.is_static:
+            return {"branching": list(b.branching)}
+        return {"nodes": b.max_nodes, "depth": b.max_depth, "top_k": b.top_k}
+
+
+def effective_speculation(job: Job, default_drafter: str = "") -> EffectiveSpeculation:
+    spec = job.spec
+    if not spec.budget.speculates:
+        return EffectiveSpeculation("none", None)
+    return EffectiveSpeculation(job.stats.drafter or spec.drafter or default_drafter, spec.budget)
+
+
+class Proposer:
+    def __init__(self, draft: DraftPort, info: TargetInfo, adaptive: bool, draft_retry_s: float) -> None:
+        self.draft, self.info = draft, info
+        self.adaptive, self.draft_retry_s = adaptive, draft_retry_s
+        self.controller = SpeculationController()
+        self.draft_down_until = 0.0
+
+    async def propose(self, jobs: Sequence[Job]) -> list[StepDraft]:
+        budgets = {j.seq_id: self.budget(j) for j in jobs}
+        reasons = self._root_only_reasons(jobs, budgets)
+        drafting = [j for j in jobs if reasons[j.seq_id] is None]
+        drafted: dict[int, StepDraft] = {}
+        if drafting:
+            drafted = await self._draft(drafting, budgets)
+        return [drafted.get(j.seq_id) or self._root_only(j, reasons[j.seq_id]) for j in jobs]
+
+    @staticmethod
+    def _root_only(job: Job, reason: RootOnly | None) -> StepDraft:
+        # A step with no room to draft stays with the job's drafter, as a drafter that found
+        # nothing would: per-drafter counters then add up to each request's steps.
+        drafter = job.stats.drafter if reason is RootOnly.NO_ROOM else ""
+        return StepDraft(TokenTree.root_only(job.tokens[-1]), drafter,
+                         reason or RootOnly.DRAFT_UNAVAILABLE)
+
+    def budget(self, job: Job) -> TreeBudget:
+        """The job's budget clamped to its remaining tokens, the context and the node limit."""
+        committed = len(job.history) - 1  # the last token is pending, not yet in the target's KV
+        return job.spec.budget.clamped(job.spec.max_tokens - len(job.tokens),
+                                       self.info.max_model_len - committed,
+                                       self.info.max_tree_nodes)
+
+    def observe(self, jobs: Sequence[Job], drafts: Sequence[StepDraft],
+                results: Sequence[VerifyResult], verify_s: float) -> None:
+        """Feed the controller: verify time by total nodes; accepted tokens per drafting job
+        on the default speculation (a drafter that found nothing counts as 0, so gains are not
+        overestimated)."""
+        self.controller.observe_verify(sum(len(d.tree) for d in drafts), verify_s)
+        for job, draft, res in zip(jobs, drafts, results):
+            if job.spec.adaptive and draft.root_only is None:
+                self.controller.observe_accepted(job.spec.drafter, len(res.accepted_tokens))
+
+    def _root_only_reasons(self, jobs: Sequence[Job],
+                           budgets: dict[int, TreeBudget]) -> dict[int, RootOnly | None]:
+        reasons: dict[int, RootOnly | None] = {}
+        for j in jobs:
+            if not j.spec.budget.speculates:
+                reasons[j.seq_id] = RootOnly.OFF
+            elif not budgets[j.seq_id].speculates:
+                reasons[j.seq_id] = RootOnly.NO_ROOM
+            elif time.monotonic() < self.draft_down_until:
+                reasons[j.seq_id] = RootOnly.DRAFT_UNAVAILABLE
+            else:
+                reasons[j.seq_id] = None
+        auto = [j for j in jobs if reasons[j.seq_id] is None and j.spec.adaptive]
+        if auto and self.adaptive and not self._default_pays(jobs, budgets, reasons):
+            for j in auto:
+                reasons[j.seq_id] = RootOnly.ADAPTIVE
+        return reasons
+
+    def _default_pays(self, jobs, budgets, reasons) -> bool:
+        """Would the batch's default speculation beat plain decoding this step?"""
+        nodes = sum(budgets[j.seq_id].node_bound if reasons[j.seq_id] is None else 1 for j in jobs)
+        drafters = sorted({j.spec.drafter for j in jobs if reasons[j.seq_id] is None and j.spec.adaptive})
+        return self.controller.should_speculate(len(jobs), nodes, drafters)
+
+    async def _draft(self, jobs: Sequence[Job], budgets: dict[int, TreeBudget]) -> dict[int, StepDraft]:
+        started = time.monotonic()
+        try:
+            unsynced = [j for j in jobs if not j.draft_synced]
+            if unsynced:  # new jobs, or all of them after the draft service came back
+                await self.draft.prefill([DraftPrefill(j.seq_id, tuple(j.history)) for j in unsynced])
+                for j in unsynced:
+                    j.draft_synced, j.new_tokens = True, ()
+            props = await self.draft.propose(
+                [ProposeRequest(j.seq_id, j.new_tokens, budgets[j.seq_id], j.spec.drafter) for j in jobs])
+        except ServiceError as exc:
+            log.warning("draft service failed (%s): decoding without speculation for %.0fs",
+                        exc, self.draft_retry_s)
+            self.draft_down_until = time.monotonic() + self.draft_retry_s
+            for j in jobs:
+                j.draft_synced = False
+            return {}
+        self.controller.observe_draft(time.monotonic() - started)
+        for j in jobs:
+            j.new_tokens = ()
+        return {p.seq_id: StepDraft(p.tree, p.drafter) for p in props}
