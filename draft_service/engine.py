@@ -13,13 +13,14 @@ from draft_service.drafters.base import DraftInput, Drafter
 from draft_service.registry import DrafterRegistry, RegistryEntry
 from specgrove import telemetry
 from specgrove.errors import InvalidRequest, UnknownSequence
-from specgrove.types import ProposeRequest, ProposeResult
+from specgrove.types import ProposeRequest, ProposeResult, SamplingParams
 
 
 class DraftEngine:
     def __init__(self, registry: DrafterRegistry) -> None:
         self.registry = registry
         self._history: dict[int, list[int]] = {}
+        self._sampling: dict[int, SamplingParams] = {}
 
     @staticmethod
     def of(drafters: Mapping[str, Drafter], default: str) -> "DraftEngine":
@@ -29,13 +30,16 @@ class DraftEngine:
     def num_sequences(self) -> int:
         return len(self._history)
 
-    def prefill(self, seq_id: int, token_ids: Sequence[int]) -> None:
-        """Register a sequence with its prompt and first pending token."""
+    def prefill(self, seq_id: int, token_ids: Sequence[int],
+                sampling: SamplingParams = SamplingParams()) -> None:
+        """Register a sequence with its history (prompt + generated, pending token last) and
+        the target's sampling settings for it (their seed keys coupled drafting)."""
         if seq_id in self._history:
             raise InvalidRequest("seq_id", f"sequence {seq_id} already exists")
         if not token_ids:
             raise InvalidRequest("token_ids", f"sequence {seq_id} has no tokens")
         self._history[seq_id] = list(token_ids)
+        self._sampling[seq_id] = sampling
 
     def propose(self, requests: Sequence[ProposeRequest]) -> list[ProposeResult]:
         """Append each request's new tokens, then draft per drafter in one batch each."""
@@ -52,7 +56,9 @@ class DraftEngine:
         for req, entry in zip(requests, routes):
             hist = self._history[req.seq_id]
             hist.extend(req.new_tokens)
-            groups[entry.name].append(DraftInput(req.seq_id, hist, req.budget))
+            sampling = self._sampling[req.seq_id]
+            coupled = req.coupled and not sampling.greedy and sampling.seed is not None
+            groups[entry.name].append(DraftInput(req.seq_id, hist, req.budget, sampling, coupled))
             entries[entry.name] = entry
         results: dict[int, ProposeResult] = {}
         for name, inputs in groups.items():
@@ -67,5 +73,6 @@ class DraftEngine:
 
     def release(self, seq_id: int) -> None:
         self._history.pop(seq_id, None)
+        self._sampling.pop(seq_id, None)
         for entry in self.registry.entries():
             entry.drafter.release(seq_id)

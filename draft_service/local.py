@@ -38,7 +38,7 @@ class LocalDraft:
 
         def prefill_all() -> None:
             for seq in sequences:
-                self.engine.prefill(seq.seq_id, seq.token_ids)
+                self.engine.prefill(seq.seq_id, seq.token_ids, seq.sampling)
 
         await self.thread.run(prefill_all)
 

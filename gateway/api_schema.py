@@ -3,7 +3,8 @@
 Unknown fields are ignored, as OpenAI-compatible servers do; known fields are type-checked and
 range-checked, and every violation becomes an HTTP 400 with an OpenAI-style error body naming
 the parameter. Extra fields beyond OpenAI's: ``top_k``, ``ignore_eos`` and ``speculation``
-(``{"drafter": NAME | "none", "tree": "4,2,2,1" | {"nodes": N, "depth": D, "top_k": K}}``).
+(``{"drafter": NAME | "none", "tree": "4,2,2,1" | {"nodes": N, "depth": D, "top_k": K},
+"coupled": true | false}``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class SpeculationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     drafter: str | None = None
     tree: Union[str, TreeSpec, None] = None
+    coupled: bool = True  # model drafts ranked by the request's sampling noise
 
 
 class StreamOptions(BaseModel):
@@ -119,8 +121,9 @@ def job_spec(req: _Common, prompt_ids: list[int], info: TargetInfo, default_budg
                                                  f"exceed the target's limit of {info.max_tree_nodes}")
     stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0), req.seed)
+    coupled = req.speculation.coupled if req.speculation is not None else True
     return JobSpec(tuple(prompt_ids), max_tokens, sampling, stops, drafter, budget,
-                   adaptive=req.speculation is None, ignore_eos=req.ignore_eos)
+                   adaptive=req.speculation is None, coupled=coupled, ignore_eos=req.ignore_eos)
 
 
 def prompt_ids_of(req: CompletionRequest | ChatRequest, codec: TextCodec) -> list[int]:

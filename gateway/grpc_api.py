@@ -39,7 +39,9 @@ def _as_request(msg: gateway_pb2.GenerateRequest):
             t = TreeBudget.from_pb(sp.tree)
             tree = (",".join(map(str, t.branching)) if t.is_static
                     else TreeSpec(nodes=t.max_nodes, depth=t.max_depth, top_k=t.top_k))
-        common["speculation"] = SpeculationSpec(drafter="none" if sp.off else (sp.drafter or None), tree=tree)
+        coupled = sp.coupled if sp.HasField("coupled") else True
+        common["speculation"] = SpeculationSpec(drafter="none" if sp.off else (sp.drafter or None),
+                                                tree=tree, coupled=coupled)
     if msg.WhichOneof("input") == "messages":
         return ChatRequest(messages=[ChatMessage(role=m.role, content=m.content)
                                      for m in msg.messages.messages], **common)
@@ -106,7 +108,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             speculation=gateway_pb2.SpeculationStats(
                 steps=st.steps, drafted_tokens=st.drafted_tokens, accepted_tokens=st.accepted_tokens,
                 mean_acceptance_length=st.mean_acceptance_length, max_batch_size=st.max_batch_size),
-            effective=self._effective(job))
+            effective=self._effective(job), seed=job.spec.sampling.seed)
 
     def _effective(self, job: Job) -> gateway_pb2.EffectiveSpeculation:
         eff = effective_speculation(job, self.state.default_drafter)

@@ -3,7 +3,8 @@
 
 Responses follow OpenAI's shapes; every response (and the last streamed chunk) also carries a
 ``specgrove`` object with the request's speculation stats: steps, drafted_tokens,
-accepted_tokens, mean_acceptance_length, max_batch_size, and the effective drafter and tree.
+accepted_tokens, mean_acceptance_length, max_batch_size, the effective drafter and tree, and
+the seed its sampling used (send it back as ``seed`` to reproduce the same tokens).
 With tracing on, a W3C ``traceparent`` header makes the request's span a child of the caller's.
 """
 from __future__ import annotations
@@ -125,7 +126,8 @@ def _stats(state: GatewayState, job: Job) -> dict:
             "accepted_tokens": st.accepted_tokens,
             "mean_acceptance_length": round(st.mean_acceptance_length, 4),
             "max_batch_size": st.max_batch_size,
-            "drafter": eff.drafter, "tree": eff.tree_json()}
+            "drafter": eff.drafter, "tree": eff.tree_json(),
+            "seed": job.spec.sampling.seed}
 
 
 def _usage(job: Job) -> dict:

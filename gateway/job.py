@@ -26,6 +26,7 @@ class JobSpec:
     drafter: str = ""  # "" = the draft service's default
     budget: TreeBudget = TreeBudget.off()
     adaptive: bool = False  # on the gateway's default speculation: the controller may skip it
+    coupled: bool = True  # model drafts ranked by the request's sampling noise (never changes output)
     ignore_eos: bool = False  # keep generating past end-of-sequence tokens (up to max_tokens)
     request_id: str = ""  # the response's id, for traces
     operation: str = "text_completion"  # or "chat" (the GenAI semantic conventions' names)

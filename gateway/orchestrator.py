@@ -24,7 +24,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from gateway.job import Failed, Job, JobSpec
@@ -80,6 +80,9 @@ class Orchestrator:
             raise Overloaded(f"{len(self.waiting)} requests are already waiting")
         if spec.stop and self.codec is None:
             raise InvalidRequest("stop", "stop strings need a tokenizer")
+        # Every request samples under a seed (its own or a fresh one, returned to the caller),
+        # so that any request can be replayed exactly.
+        spec = replace(spec, sampling=spec.sampling.seeded())
         job = Job(next(self._ids), spec, self.codec, self.stop_ids)
         self.obs.request_started(job, trace_parent)
         self.waiting.append(job)

@@ -143,11 +143,13 @@ class Proposer:
         try:
             unsynced = [j for j in jobs if not j.draft_synced]
             if unsynced:  # new jobs, or all of them after the draft service came back
-                await self.draft.prefill([DraftPrefill(j.seq_id, tuple(j.history)) for j in unsynced])
+                await self.draft.prefill([DraftPrefill(j.seq_id, tuple(j.history), j.spec.sampling)
+                                          for j in unsynced])
                 for j in unsynced:
                     j.draft_synced, j.new_tokens = True, ()
-            props = await self.draft.propose(
-                [ProposeRequest(j.seq_id, j.new_tokens, budgets[j.seq_id], j.spec.drafter) for j in jobs])
+            props = await self.draft.propose([
+                ProposeRequest(j.seq_id, j.new_tokens, budgets[j.seq_id], j.spec.drafter, j.spec.coupled)
+                for j in jobs])
         except ServiceError as exc:
             log.warning("draft service failed (%s): decoding without speculation for %.0fs",
                         exc, self.draft_retry_s)

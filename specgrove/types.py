@@ -7,6 +7,7 @@ servicers and clients. One object per phase of a step: ``PrefillRequest`` -> ``P
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, replace
 
 from specgrove.errors import InvalidRequest
@@ -14,9 +15,18 @@ from specgrove.pb.v1 import common_pb2, draft_pb2, target_pb2
 from specgrove.tree import TokenTree, static_tree_size
 
 
+# Temperatures below this decode greedily (as vLLM does): dividing logits by 1e-300 overflows
+# to inf and the distribution is a point mass at the argmax anyway.
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """How the target distribution p is formed; temperature 0 means greedy."""
+    """How the target distribution p is formed; temperature 0 (or < GREEDY_BELOW) is greedy.
+
+    ``seed`` keys the position-keyed sampling noise (``specgrove.sampling``): a request with
+    the same seed gives the same tokens whatever the speculation.
+    """
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -35,7 +45,13 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
+
+    def seeded(self) -> "SamplingParams":
+        """These params with a seed: their own, or a fresh random 63-bit one."""
+        if self.seed is not None:
+            return self
+        return replace(self, seed=random.SystemRandom().randrange(2**63))
 
     @staticmethod
     def from_pb(msg: common_pb2.SamplingParams) -> "SamplingParams":
@@ -149,13 +165,16 @@ class DraftPrefill:
 
     seq_id: int
     token_ids: tuple[int, ...]  # prompt + generated tokens, the pending token last
+    sampling: SamplingParams = SamplingParams()  # with the seed: for coupled drafting
 
     @staticmethod
     def from_pb(msg: draft_pb2.DraftPrefill) -> "DraftPrefill":
-        return DraftPrefill(msg.seq_id, tuple(msg.token_ids))
+        sampling = SamplingParams.from_pb(msg.sampling) if msg.HasField("sampling") else SamplingParams()
+        return DraftPrefill(msg.seq_id, tuple(msg.token_ids), sampling)
 
     def to_pb(self) -> draft_pb2.DraftPrefill:
-        return draft_pb2.DraftPrefill(seq_id=self.seq_id, token_ids=self.token_ids)
+        return draft_pb2.DraftPrefill(seq_id=self.seq_id, token_ids=self.token_ids,
+                                      sampling=self.sampling.to_pb())
 
 
 @dataclass(frozen=True)
@@ -178,15 +197,18 @@ class ProposeRequest:
     new_tokens: tuple[int, ...]  # tokens appended since the last call, pending token last
     budget: TreeBudget
     drafter: str = ""
+    coupled: bool = True  # rank model drafts by the sequence's sampling noise
 
     @staticmethod
     def from_pb(msg: draft_pb2.ProposeRequest) -> "ProposeRequest":
+        coupled = msg.coupled if msg.HasField("coupled") else True
         return ProposeRequest(msg.seq_id, tuple(msg.new_tokens), TreeBudget.from_pb(msg.budget),
-                              msg.drafter)
+                              msg.drafter, coupled)
 
     def to_pb(self) -> draft_pb2.ProposeRequest:
         return draft_pb2.ProposeRequest(seq_id=self.seq_id, new_tokens=self.new_tokens,
-                                        budget=self.budget.to_pb(), drafter=self.drafter)
+                                        budget=self.budget.to_pb(), drafter=self.drafter,
+                                        coupled=self.coupled)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 from specgrove import telemetry
 from specgrove.kv import KVCacheExhausted
 from specgrove.runner import ForwardItem, ModelRunner
-from specgrove.sampling import accept_greedy, accept_sampled, make_generator, target_probs
+from specgrove.sampling import NoiseCache, accept_path, target_tokens
 from specgrove.tree import TokenTree
 from specgrove.errors import InvalidRequest, UnknownSequence
 from specgrove.types import PrefillRequest, PrefillResult, SamplingParams, VerifyItem, VerifyResult
@@ -25,8 +25,8 @@ from specgrove.types import PrefillRequest, PrefillResult, SamplingParams, Verif
 
 @dataclass
 class _SeqState:
-    sampling: SamplingParams
-    generator: torch.Generator
+    sampling: SamplingParams  # seeded: the seed keys the sampling noise
+    noise: NoiseCache | None  # None for greedy sequences
     pending: int = -1
 
 
@@ -69,7 +69,7 @@ class TargetEngine:
             raise KVCacheExhausted(f"prompts need {need} KV blocks, {bm.num_free_blocks} are free")
         for r in requests:
             bm.add_sequence(r.seq_id)
-            self._seqs[r.seq_id] = _SeqState(r.sampling, make_generator(r.sampling.seed))
+            self._seqs[r.seq_id] = self._new_state(r.sampling)
         items = [ForwardItem(r.seq_id, r.prompt_ids, range(len(r.prompt_ids))) for r in requests]
         try:
             logits = self._forward(items)
@@ -80,8 +80,8 @@ class TargetEngine:
         self.runner.commit_many([(r.seq_id, len(r.prompt_ids), None) for r in requests])
         results = []
         for r, lg in zip(requests, logits):
-            # A root-only tree has no children to accept: its bonus is a plain draw from p.
-            _, first = self._accept(TokenTree.root_only(0), lg, self._seqs[r.seq_id])
+            # A root-only tree at the last prompt token: its "bonus" is the first new token.
+            _, first = self._accept(TokenTree.root_only(0), lg, self._seqs[r.seq_id], len(r.prompt_ids) - 1)
             self._seqs[r.seq_id].pending = first
             results.append(PrefillResult(r.seq_id, first))
         return results
@@ -109,7 +109,7 @@ class TargetEngine:
         with telemetry.span("target.accept") as span:
             for it, lg in zip(items, logits):
                 state = self._seqs[it.seq_id]
-                path, bonus = self._accept(it.tree, lg, state)
+                path, bonus = self._accept(it.tree, lg, state, bm.committed_len(it.seq_id))
                 commits.append((it.seq_id, len(path) + 1, [0] + path))
                 state.pending = bonus
                 tokens = tuple(it.tree.token_ids[n] for n in path)
@@ -135,11 +135,19 @@ class TargetEngine:
                 span.set_attribute("specgrove.tokens", sum(len(it.token_ids) for it in items))
             return self.runner.forward(items)
 
-    def _accept(self, tree: TokenTree, logits: torch.Tensor, state: _SeqState):
-        if state.sampling.greedy:
-            return accept_greedy(tree, logits.argmax(dim=-1).tolist())
-        probs = target_probs(logits, state.sampling).cpu()
-        return accept_sampled(tree, probs, state.generator)
+    def _new_state(self, sampling: SamplingParams) -> _SeqState:
+        sampling = sampling.seeded()
+        noise = None if sampling.greedy else NoiseCache(sampling.seed, self.vocab_size, self.runner.device)
+        return _SeqState(sampling, noise)
+
+    @staticmethod
+    def _accept(tree: TokenTree, logits: torch.Tensor, state: _SeqState, root_position: int):
+        """Accept a path of ``tree`` whose root sits at ``root_position``; logits: [N, V]."""
+        positions = [root_position + d + 1 for d in tree.depths]  # what each node predicts
+        path, bonus = accept_path(tree, target_tokens(logits, state.sampling, positions, state.noise))
+        if state.noise is not None:  # positions up to the bonus token are decided for good
+            state.noise.forget_before(root_position + len(path) + 2)
+        return path, bonus
 
     def _state_id(self, seq_id: int) -> int:
         if seq_id not in self._seqs:

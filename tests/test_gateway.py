@@ -12,18 +12,10 @@ import httpx
 import openai
 import pytest
 
-from draft_service.server import DraftServer, DraftServerConfig
-from gateway.orchestrator import SchedulerConfig
-from gateway.server import GatewayServer
 from gateway.state import GatewayConfig
 from gateway.text import TextCodec
-from specgrove.config import ModelRunConfig
-from specgrove.kv import KVCacheConfig
 from specgrove.pb.v1 import common_pb2, draft_pb2, gateway_pb2, gateway_pb2_grpc
-from specgrove.types import TreeBudget
-from target_service.local import TargetLimits
-from target_service.server import TargetServer, TargetServerConfig
-from tests.grpc_harness import ServerLoop
+from tests.gateway_stack import running_stack
 from tests.helpers import draft_engine, generate, request, target_engine
 
 MAX_TOKENS = 24
@@ -31,32 +23,8 @@ MAX_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def stack(tiny_dirs):
-    loop = ServerLoop()
-    model = str(tiny_dirs["llama"])
-    run = ModelRunConfig(model, "float64", "cpu", "torch", KVCacheConfig(4, 1024))
-    draft_run = ModelRunConfig("", "float64", "cpu", "torch", KVCacheConfig(4, 1024))
-
-    async def start():
-        target = TargetServer(TargetServerConfig(run, port=0, limits=TargetLimits(64, 32), grace_s=1))
-        draft = DraftServer(DraftServerConfig(model, (("lookup", "ngram"), ("small", f"model:{tiny_dirs['draft']}")),
-                                              "lookup", draft_run, port=0, grace_s=1), 320)
-        tport, dport = await target.start(), await draft.start()
-        await target.wait_ready()
-        await draft.wait_ready()
-        gw = GatewayServer(GatewayConfig(
-            f"127.0.0.1:{tport}", f"127.0.0.1:{dport}", port=0, grpc_port=0,
-            default_budget=TreeBudget(max_nodes=6, max_depth=3),
-            scheduler=SchedulerConfig(max_batch=16, max_waiting=64), grace_s=1))
-        await gw.start()
-        return target, draft, gw
-
-    target, draft, gw = loop.run(start())
-    yield {"http": f"http://127.0.0.1:{gw.http_port}", "grpc": f"127.0.0.1:{gw.grpc_port}",
-           "model": model, "gw": gw, "loop": loop}
-    loop.run(gw.stop(0))
-    loop.run(target.stop(0))
-    loop.run(draft.stop(0))
-    loop.close()
+    with running_stack(tiny_dirs["llama"], tiny_dirs["draft"]) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

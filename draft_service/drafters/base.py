@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from specgrove.tree import TokenTree
-from specgrove.types import TreeBudget
+from specgrove.types import SamplingParams, TreeBudget
 
 
 @dataclass(frozen=True)
@@ -13,6 +13,8 @@ class DraftInput:
     seq_id: int
     history: Sequence[int]  # every token of the sequence so far; the pending token (root) last
     budget: TreeBudget
+    sampling: SamplingParams = SamplingParams()  # the target's settings for this sequence
+    coupled: bool = False  # rank the first child by the sequence's sampling noise
 
 
 class Drafter(Protocol):

@@ -6,8 +6,10 @@ sequences, whose last row gives the root's children), then grows the tree one de
 the frontier nodes of every sequence go through the model together, each attending to the
 committed prefix plus its own ancestors (the same tree attention as the target). Afterwards the
 tree slots are dropped; the committed tokens, root included, stay. Draft tokens are the top-k
-of the draft distribution, so the trees are deterministic and the target's deterministic-draft
-rule keeps decoding lossless. With tracing on, each of those forwards is a ``draft.expand``
+of the draft distribution -- for a sampled sequence with coupled drafting, the first child is
+instead ``argmax(log q + g_i)`` under the target's own position-keyed noise (Gumbel-max coupling,
+``specgrove.sampling``), the token the target will pick whenever q is close to p. Either way the
+trees are a deterministic function of the history, so acceptance stays lossless. With tracing on, each of those forwards is a ``draft.expand``
 span: ``specgrove.tree.depth`` is the depth of the nodes it expands (0: the catch-up, whose last
 row expands the root).
 """
@@ -22,6 +24,7 @@ from draft_service.trees import TreeGrowth
 from specgrove import telemetry
 from specgrove.kv import KVCacheExhausted
 from specgrove.runner import ForwardItem, ModelRunner
+from specgrove.sampling import NoiseCache, target_tokens
 from specgrove.tree import TokenTree
 
 
@@ -31,9 +34,11 @@ class ModelDrafter:
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner
         self.max_len = runner.config.max_positions
+        self._noise: dict[int, NoiseCache] = {}  # coupled sequences' sampling noise
 
     def release(self, seq_id: int) -> None:
         self.runner.blocks.free(seq_id)
+        self._noise.pop(seq_id, None)
 
     @torch.inference_mode()
     def propose(self, inputs: Sequence[DraftInput]) -> list[TokenTree]:
@@ -61,8 +66,8 @@ class ModelDrafter:
         depth_limit = [min(inp.budget.depth, self.max_len - len(inp.history) - 1) for inp in inputs]
         with telemetry.span("draft.expand") as span:
             root_logits = self._catch_up(inputs)
-            for g, lg in zip(growths, root_logits):
-                self._add_top_children(g, 0, lg[-1], 0)
+            for inp, g, lg in zip(inputs, growths, root_logits):
+                self._add_children(inp, g, 0, lg[-1:], 0)
             if span is not None:
                 span.set_attributes({"specgrove.tree.depth": 0, "specgrove.expand.nodes": len(inputs),
                                      "specgrove.batch_size": len(inputs)})
@@ -79,7 +84,7 @@ class ModelDrafter:
                     fed[i] += frontier
                 for (i, frontier), lg in zip(owners, self.runner.forward(batch)):
                     for row, node in enumerate(frontier):
-                        self._add_top_children(growths[i], node, lg[row], depth)
+                        self._add_children(inputs[i], growths[i], node, lg[row:row + 1], depth)
                 if span is not None:
                     span.set_attributes({"specgrove.tree.depth": depth, "specgrove.batch_size": len(batch),
                                          "specgrove.expand.nodes": sum(len(f) for _, f in owners)})
@@ -122,9 +127,29 @@ class ModelDrafter:
             tree_offset=len(fed), tree_mask=mask, all_logits=True,
         )
 
-    @staticmethod
-    def _add_top_children(growth: TreeGrowth, node: int, logits: torch.Tensor, depth: int) -> None:
+    def _add_children(self, inp: DraftInput, growth: TreeGrowth, node: int, logits: torch.Tensor,
+                      depth: int) -> None:
+        """Give ``node`` (at ``depth``) its children from its draft logits ([1, V]): the top-k
+        by draft log-probability, the first one chosen by the shared noise when coupled."""
         k = growth.children_wanted(depth)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        top = torch.topk(logprobs, k)
-        growth.add_children(node, top.indices.tolist(), top.values.tolist())
+        logprobs = torch.log_softmax(logits[0].float(), dim=-1)  # [V]
+        if not inp.coupled:
+            top = torch.topk(logprobs, k)
+            growth.add_children(node, top.indices.tolist(), top.values.tolist())
+            return
+        position = len(inp.history) + depth  # where the children's tokens would sit
+        (first,) = target_tokens(logits, inp.sampling, [position], self._noise_of(inp))
+        rest = torch.topk(logprobs.index_fill(0, torch.tensor([first]), float("-inf")), k - 1)
+        tokens = [first] + rest.indices.tolist()
+        # Under the shared noise the coupled child is the draft's best guess of the target's
+        # pick whatever its own probability: rank it as confidently as a top-1 draft token, so
+        # that dynamic trees keep the coupled path.
+        growth.add_children(node, tokens, [logprobs.max().item()] + rest.values.tolist())
+
+    def _noise_of(self, inp: DraftInput) -> NoiseCache:
+        noise = self._noise.get(inp.seq_id)
+        if noise is None or noise.seed != inp.sampling.seed:
+            noise = self._noise[inp.seq_id] = NoiseCache(inp.sampling.seed, self.runner.config.vocab_size,
+                                                          self.runner.device)
+        noise.forget_before(len(inp.history))
+        return noise

@@ -15,6 +15,7 @@ import torch
 
 from specgrove.config import ModelRunConfig
 from specgrove.modeling.loader import load_config, resolve_model
+from specgrove.modeling.parallel import TPGroup
 from specgrove.runner import ModelExecutor, ModelRunner, PreparedBatch, load_executor
 from target_service.tp import protocol
 from target_service.tp.driver import Driver

@@ -18,12 +18,14 @@ class DraftInfo(_message.Message):
     def __init__(self, vocab_size: _Optional[int] = ..., default_drafter: _Optional[str] = ..., num_sequences: _Optional[int] = ...) -> None: ...
 
 class DraftPrefill(_message.Message):
-    __slots__ = ("seq_id", "token_ids")
+    __slots__ = ("seq_id", "token_ids", "sampling")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
     seq_id: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, seq_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    sampling: _common_pb2.SamplingParams
+    def __init__(self, seq_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
 
 class DraftPrefillBatch(_message.Message):
     __slots__ = ("sequences",)
@@ -36,16 +38,18 @@ class DraftPrefillResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("seq_id", "new_tokens", "budget", "drafter")
+    __slots__ = ("seq_id", "new_tokens", "budget", "drafter", "coupled")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
+    COUPLED_FIELD_NUMBER: _ClassVar[int]
     seq_id: int
     new_tokens: _containers.RepeatedScalarFieldContainer[int]
     budget: _common_pb2.TreeBudget
     drafter: str
-    def __init__(self, seq_id: _Optional[int] = ..., new_tokens: _Optional[_Iterable[int]] = ..., budget: _Optional[_Union[_common_pb2.TreeBudget, _Mapping]] = ..., drafter: _Optional[str] = ...) -> None: ...
+    coupled: bool
+    def __init__(self, seq_id: _Optional[int] = ..., new_tokens: _Optional[_Iterable[int]] = ..., budget: _Optional[_Union[_common_pb2.TreeBudget, _Mapping]] = ..., drafter: _Optional[str] = ..., coupled: _Optional[bool] = ...) -> None: ...
 
 class ProposeBatch(_message.Message):
     __slots__ = ("requests",)

@@ -17,14 +17,16 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Speculation(_message.Message):
-    __slots__ = ("drafter", "tree", "off")
+    __slots__ = ("drafter", "tree", "off", "coupled")
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     TREE_FIELD_NUMBER: _ClassVar[int]
     OFF_FIELD_NUMBER: _ClassVar[int]
+    COUPLED_FIELD_NUMBER: _ClassVar[int]
     drafter: str
     tree: _common_pb2.TreeBudget
     off: bool
-    def __init__(self, drafter: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.TreeBudget, _Mapping]] = ..., off: _Optional[bool] = ...) -> None: ...
+    coupled: bool
+    def __init__(self, drafter: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.TreeBudget, _Mapping]] = ..., off: _Optional[bool] = ..., coupled: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("model", "prompt", "messages", "max_tokens", "sampling", "stop", "speculation", "request_id")
@@ -85,7 +87,7 @@ class EffectiveSpeculation(_message.Message):
     def __init__(self, drafter: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.TreeBudget, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "text", "token_ids", "accepted_tokens", "finish_reason", "usage", "speculation", "effective", "error")
+    __slots__ = ("request_id", "text", "token_ids", "accepted_tokens", "finish_reason", "usage", "speculation", "effective", "error", "seed")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +97,7 @@ class GenerateResponse(_message.Message):
     SPECULATION_FIELD_NUMBER: _ClassVar[int]
     EFFECTIVE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -104,7 +107,8 @@ class GenerateResponse(_message.Message):
     speculation: SpeculationStats
     effective: EffectiveSpeculation
     error: str
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., accepted_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ..., effective: _Optional[_Union[EffectiveSpeculation, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    seed: int
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., accepted_tokens: _Optional[int] = ..., finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., speculation: _Optional[_Union[SpeculationStats, _Mapping]] = ..., effective: _Optional[_Union[EffectiveSpeculation, _Mapping]] = ..., error: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

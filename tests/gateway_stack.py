@@ -1,0 +1,51 @@
+"""A whole system on loopback for a test module: target and draft gRPC servers (tiny float64
+models) and the gateway (REST + gRPC) over them, in a background event loop."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from draft_service.server import DraftServer, DraftServerConfig
+from gateway.orchestrator import SchedulerConfig
+from gateway.server import GatewayServer
+from gateway.state import GatewayConfig
+from specgrove.config import ModelRunConfig
+from specgrove.kv import KVCacheConfig
+from specgrove.types import TreeBudget
+from target_service.local import TargetLimits
+from target_service.server import TargetServer, TargetServerConfig
+from tests.grpc_harness import ServerLoop
+
+
+@contextmanager
+def running_stack(target_dir: Path, draft_dir: Path, max_batch: int = 16, max_waiting: int = 64):
+    """Yields ``{"http", "grpc", "model", "gw", "loop"}``; drafters ``lookup`` (n-gram, the
+    default) and ``small`` (the model at ``draft_dir``); default tree 6:3, adaptive."""
+    loop = ServerLoop()
+    model = str(target_dir)
+    run = ModelRunConfig(model, "float64", "cpu", "torch", KVCacheConfig(4, 1024))
+    draft_run = ModelRunConfig("", "float64", "cpu", "torch", KVCacheConfig(4, 1024))
+
+    async def start():
+        target = TargetServer(TargetServerConfig(run, port=0, limits=TargetLimits(64, 32), grace_s=1))
+        draft = DraftServer(DraftServerConfig(model, (("lookup", "ngram"), ("small", f"model:{draft_dir}")),
+                                              "lookup", draft_run, port=0, grace_s=1), 320)
+        tport, dport = await target.start(), await draft.start()
+        await target.wait_ready()
+        await draft.wait_ready()
+        gw = GatewayServer(GatewayConfig(
+            f"127.0.0.1:{tport}", f"127.0.0.1:{dport}", port=0, grpc_port=0,
+            default_budget=TreeBudget(max_nodes=6, max_depth=3),
+            scheduler=SchedulerConfig(max_batch=max_batch, max_waiting=max_waiting), grace_s=1))
+        await gw.start()
+        return target, draft, gw
+
+    target, draft, gw = loop.run(start())
+    try:
+        yield {"http": f"http://127.0.0.1:{gw.http_port}", "grpc": f"127.0.0.1:{gw.grpc_port}",
+               "model": model, "gw": gw, "loop": loop}
+    finally:
+        loop.run(gw.stop(0))
+        loop.run(target.stop(0))
+        loop.run(draft.stop(0))
+        loop.close()
