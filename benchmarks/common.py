@@ -67,7 +67,7 @@ def local_ports(model: str, dtype: str = "float32", kv_blocks: int = 1024, draft
     ``drafters``: name -> spec (``ngram``, ``model:PATH``); default ``{"ngram": "ngram"}``.
     """
     from draft_service.engine import DraftEngine
-    from draft_service.factory import build_drafter
+    from draft_service.factory import DraftTarget, build_drafter
     from draft_service.local import LocalDraft
     from gateway.text import TextCodec
     from specgrove.config import ModelRunConfig
@@ -81,7 +81,7 @@ def local_ports(model: str, dtype: str = "float32", kv_blocks: int = 1024, draft
     run = ModelRunConfig(str(path), dtype, "cpu", "auto", KVCacheConfig(16, kv_blocks))
     engine = TargetEngine(load_runner(run))
     specs = drafters or {"ngram": "ngram"}
-    built = {name: build_drafter(spec, engine.vocab_size, run) for name, spec in specs.items()}
+    built = {name: build_drafter(spec, DraftTarget(str(path)), run) for name, spec in specs.items()}
     target = LocalTarget(engine, model, dtype, TargetLimits(max_tree_nodes=128))
     draft = LocalDraft(DraftEngine.of(built, default), engine.vocab_size)
     return target, draft, TextCodec(path)

@@ -1,34 +1,102 @@
-"""Build drafters from ``KIND[:SPEC]`` strings: ``ngram``, ``ngram:4`` (max n-gram), ``model:PATH``."""
+"""Build drafters from ``KIND[:SPEC]`` strings: ``ngram``, ``ngram:4`` (max n-gram),
+``model:PATH`` (a causal LM with the target's vocabulary), ``eagle:PATH|NAME`` (a trained EAGLE
+head: a directory, or the name of a head shipped in ``draft_service/heads/``)."""
 from __future__ import annotations
 
-from dataclasses import replace
+import functools
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from draft_service.drafters.model import ModelDrafter
-from draft_service.drafters.ngram import NgramDrafter
 from specgrove.config import ModelRunConfig
 from specgrove.errors import InvalidRequest
-from specgrove.runner import load_runner
 
-DRAFTER_KINDS = ("ngram", "model")
+DRAFTER_KINDS = ("ngram", "model", "eagle")
+HEADS_DIR = Path(__file__).resolve().parent / "heads"
 
 
 class VocabularyMismatch(InvalidRequest):
     """A draft model whose vocabulary differs from the target's."""
 
 
-def build_drafter(spec: str, target_vocab_size: int, run: ModelRunConfig):
+@dataclass(frozen=True)
+class DraftTarget:
+    """The target every drafter must fit: its vocabulary and, for EAGLE heads, its shape and
+    token embedding, read from its checkpoint when first needed."""
+
+    model: str  # a model name or path
+
+    @functools.cached_property
+    def config(self):
+        from specgrove.modeling.loader import load_config, resolve_model
+
+        return load_config(resolve_model(self.model))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def embedding(self):  # [V, d] float32
+        from specgrove.modeling.loader import load_embedding, resolve_model
+
+        return load_embedding(resolve_model(self.model))
+
+
+def head_dir(name_or_path: str) -> Path:
+    """A head directory: the path given, or a head shipped with specgrove by that name."""
+    path = Path(name_or_path).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    shipped = HEADS_DIR / name_or_path
+    if (shipped / "config.json").is_file():
+        return shipped
+    names = sorted(p.name for p in HEADS_DIR.glob("*") if (p / "config.json").is_file())
+    raise InvalidRequest("spec", f"no EAGLE head at {name_or_path!r}: not a directory with config.json "
+                                 f"nor a shipped head ({', '.join(names) or 'none shipped'})")
+
+
+def build_drafter(spec: str, target: DraftTarget, run: ModelRunConfig):
     """A drafter for ``spec``; ``run`` gives dtype, device, kernels and KV size of model drafters."""
     kind, _, arg = spec.partition(":")
     if kind == "ngram":
+        from draft_service.drafters.ngram import NgramDrafter
+
         return NgramDrafter(max_ngram=int(arg)) if arg else NgramDrafter()
     if kind == "model":
-        if not arg:
-            raise ValueError("a model drafter needs a path or name: model:PATH")
-        runner = load_runner(replace(run, model=arg))
-        if runner.config.vocab_size != target_vocab_size:
-            raise VocabularyMismatch(
-                "spec", f"draft model {arg!r} has a vocabulary of {runner.config.vocab_size} tokens but the "
-                f"target has {target_vocab_size}; a drafter must share the target's tokenizer"
-            )
-        return ModelDrafter(runner)
+        return _model_drafter(arg, target, run)
+    if kind == "eagle":
+        return _eagle_drafter(arg, target, run)
     raise ValueError(f"unknown drafter kind {kind!r}; choose one of {', '.join(DRAFTER_KINDS)}")
+
+
+def _model_drafter(arg: str, target: DraftTarget, run: ModelRunConfig):
+    from draft_service.drafters.model import ModelDrafter
+    from specgrove.runner import load_runner
+
+    if not arg:
+        raise ValueError("a model drafter needs a path or name: model:PATH")
+    runner = load_runner(replace(run, model=arg))
+    if runner.config.vocab_size != target.vocab_size:
+        raise VocabularyMismatch(
+            "spec", f"draft model {arg!r} has a vocabulary of {runner.config.vocab_size} tokens but the "
+            f"target has {target.vocab_size}; a drafter must share the target's tokenizer")
+    return ModelDrafter(runner)
+
+
+def _eagle_drafter(arg: str, target: DraftTarget, run: ModelRunConfig):
+    from draft_service.drafters.eagle.config import EagleConfig
+    from draft_service.drafters.eagle.drafter import EagleDrafter
+    from draft_service.drafters.eagle.serving import load_serving_model
+    from kernels.backend import select_backend
+    from specgrove.modeling.parallel import LayerContext
+    from specgrove.runner import ModelExecutor, ModelRunner
+
+    if not arg:
+        raise ValueError("an EAGLE drafter needs a head: eagle:PATH or eagle:NAME")
+    directory = head_dir(arg)
+    EagleConfig.load(directory).check_target(target.config)
+    device = run.torch_device
+    ctx = LayerContext(dtype=run.torch_dtype, transposed=device.type == "cpu" if run.transposed is None
+                       else run.transposed)
+    model = load_serving_model(directory, target.embedding().to(device), ctx,
+                               select_backend(run.kernel_backend, device))
+    return EagleDrafter(ModelRunner(ModelExecutor(model, run.kv, device), run.kv))

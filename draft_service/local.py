@@ -38,7 +38,7 @@ class LocalDraft:
 
         def prefill_all() -> None:
             for seq in sequences:
-                self.engine.prefill(seq.seq_id, seq.token_ids, seq.sampling)
+                self.engine.prefill(seq.seq_id, seq.token_ids, seq.sampling, seq.features)
 
         await self.thread.run(prefill_all)
 

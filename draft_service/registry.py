@@ -81,7 +81,8 @@ class DrafterRegistry:
 
     def info(self, name: str) -> DrafterInfo:
         e = self._entries[name]
-        return DrafterInfo(e.name, e.drafter.kind, e.spec, e.name == self.default)
+        layers = tuple(getattr(e.drafter, "feature_layers", ()))
+        return DrafterInfo(e.name, e.drafter.kind, e.spec, e.name == self.default, layers)
 
     def list(self) -> list[DrafterInfo]:
         return [self.info(name) for name in sorted(self._entries)]

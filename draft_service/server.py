@@ -8,13 +8,12 @@ import logging
 from dataclasses import dataclass
 
 from draft_service.engine import DraftEngine
-from draft_service.factory import build_drafter
+from draft_service.factory import DraftTarget, build_drafter
 from draft_service.local import LocalDraft
 from draft_service.registry import DrafterRegistry
 from draft_service.servicer import DraftServicer
 from specgrove.config import ModelRunConfig
 from specgrove.engine_thread import EngineThread
-from specgrove.modeling.loader import load_config, resolve_model
 from specgrove.pb.v1 import draft_pb2, draft_pb2_grpc
 from specgrove.service_server import ServiceServer
 from specgrove.telemetry import TelemetryConfig
@@ -44,24 +43,20 @@ def parse_drafter_option(text: str) -> tuple[str, str]:
     return name, spec
 
 
-def target_vocab_size(name_or_path: str) -> int:
-    return load_config(resolve_model(name_or_path)).vocab_size
-
-
 class DraftServer(ServiceServer):
     service_name = SERVICE_NAME
     telemetry_name = "specgrove-draft"
 
-    def __init__(self, cfg: DraftServerConfig, vocab_size: int) -> None:
+    def __init__(self, cfg: DraftServerConfig) -> None:
         super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry)
         self.cfg = cfg
-        self.vocab_size = vocab_size
+        self.target = DraftTarget(cfg.target_vocab_from)
         self.thread, self.loader = EngineThread("draft-engine"), EngineThread("draft-loader")
         self.servicer = DraftServicer()
 
     def _builder(self, spec: str):
         try:
-            return build_drafter(spec, self.vocab_size, self.cfg.run)
+            return build_drafter(spec, self.target, self.cfg.run)
         except ValueError as exc:  # bad spec, unknown model, vocabulary mismatch
             raise InvalidRequest("spec", str(exc)) from exc
 
@@ -80,7 +75,8 @@ class DraftServer(ServiceServer):
 
     async def _load(self) -> None:
         registry = await self.loader.run(self._build_registry)
-        self.servicer.draft = LocalDraft(DraftEngine(registry), self.vocab_size, self.thread, self.loader)
+        self.servicer.draft = LocalDraft(DraftEngine(registry), self.target.vocab_size, self.thread,
+                                         self.loader)
         log.info("draft service serving on %s:%d with %s", self.cfg.host, self.port,
                  [i.name for i in registry.list()])
 

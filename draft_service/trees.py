@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from specgrove.runner import ForwardItem
 from specgrove.tree import TokenTree
 from specgrove.types import TreeBudget
 
@@ -23,6 +24,7 @@ class TreeGrowth:
     scores: list[float] = field(default_factory=lambda: [0.0])
     depths: list[int] = field(default_factory=lambda: [0])
     frontier: list[int] = field(default_factory=lambda: [0])  # nodes to expand next
+    node_data: dict = field(default_factory=dict)  # per node, what a drafter keeps while growing
 
     @staticmethod
     def start(root_token: int, budget: TreeBudget) -> "TreeGrowth":
@@ -61,3 +63,23 @@ class TreeGrowth:
             tuple(-1 if i == 0 else new_index[self.parents[i]] for i in keep),
             tuple(self.scores[i] for i in keep),
         )
+
+
+def frontier_item(seq_id: int, growth: TreeGrowth, fed: list[int], frontier: list[int],
+                  root_position: int, features=None) -> ForwardItem:
+    """The forward item that expands ``frontier``: its nodes' tokens at RoPE position
+    ``root_position + depth``, written after the tree nodes already ``fed`` this step, each
+    seeing the committed prefix (the root included) plus its own ancestors in the window."""
+    window = fed + frontier
+    slot_of = {node: j for j, node in enumerate(window)}
+    mask = []
+    for node in frontier:
+        row = [False] * len(window)
+        n = node
+        while n > 0:  # the root is committed prefix, outside the window
+            row[slot_of[n]] = True
+            n = growth.parents[n]
+        mask.append(row)
+    positions = [root_position + growth.depths[n] for n in frontier]
+    return ForwardItem(seq_id, [growth.tokens[n] for n in frontier], positions,
+                       tree_offset=len(fed), tree_mask=mask, all_logits=True, features=features)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.text import IncrementalDecoder, StopMatcher, TextCodec
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.types import MAX_FEATURE_ROWS, Features, SamplingParams, TreeBudget
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ class Job:
         self.done = False
         self.new_tokens: tuple[int, ...] = ()  # since the last Propose (the draft's catch-up)
         self.draft_synced = False  # the draft service holds this sequence's history
+        self.feature_layers: tuple[int, ...] = ()  # target features its drafter needs (EAGLE)
+        self.unsent_features: Features | None = None  # target features the draft has not had
         self.created = time.monotonic()
         self.first_token_at: float | None = None  # monotonic times, for TTFT / TPOT
         self.last_token_at: float | None = None
@@ -131,6 +133,17 @@ class Job:
         if reason:
             self.finish(Finished(reason))
         return not reason
+
+    def add_features(self, features: Features | None) -> None:
+        """Keep target features for the draft service until the next Propose carries them."""
+        if features is None or not features.rows:
+            return
+        held = [self.unsent_features] if self.unsent_features is not None else []
+        self.unsent_features = Features.concat(held + [features]).tail(MAX_FEATURE_ROWS)
+
+    def take_features(self) -> Features | None:
+        features, self.unsent_features = self.unsent_features, None
+        return features
 
     def _text(self, tokens: list[int], final: bool) -> tuple[str, bool]:
         """The text the new tokens add that is safe to send, and whether a stop string hit."""

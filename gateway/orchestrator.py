@@ -112,7 +112,15 @@ class Orchestrator:
             await asyncio.sleep(0.005)
 
     # --- the loop ------------------------------------------------------------------------------
+    async def refresh_drafters(self) -> None:
+        """Learn the draft service's drafters (which need target features, which is default)."""
+        try:
+            self.proposer.use_drafters(await self.draft.list_drafters())
+        except ServiceError:
+            pass  # keep what is known; the draft service may be starting or down
+
     async def _loop(self) -> None:
+        await self.refresh_drafters()
         while True:
             if not self.waiting and not self.running:
                 self._wake.clear()
@@ -157,6 +165,7 @@ class Orchestrator:
             job.stats.record(len(draft.tree) - 1, len(res.accepted_tokens), len(jobs), draft.drafter)
             self.obs.step_item(span, job, draft.tree, draft.label, res)  # before the job may end
             job.new_tokens += res.new_tokens
+            job.add_features(res.features)
             if not job.add_tokens(res.new_tokens, len(res.accepted_tokens)) or job.cancelled:
                 finished.append(job)
         self.obs.step_done(span, [d.tree for d in drafts], [d.label for d in drafts], results,
@@ -193,7 +202,9 @@ class Orchestrator:
         return batch
 
     async def _prefill(self, jobs: list[Job]) -> None:
-        reqs = [PrefillRequest(j.seq_id, tuple(j.history), j.spec.sampling) for j in jobs]
+        for j in jobs:
+            j.feature_layers = self.proposer.feature_layers(j)
+        reqs = [PrefillRequest(j.seq_id, tuple(j.history), j.spec.sampling, j.feature_layers) for j in jobs]
         try:
             with self.obs.prefill_span(jobs):
                 firsts = await self.target.prefill(reqs)
@@ -211,6 +222,8 @@ class Orchestrator:
         for job, res in zip(jobs, firsts):
             job.draft_synced = False
             job.new_tokens = ()
+            job.unsent_features = None
+            job.add_features(res.features)
             if job.add_tokens((res.first_token,), 0):
                 self.running.append(job)
             else:

@@ -22,7 +22,8 @@ from gateway.job import Job
 from specgrove.errors import ServiceError
 from specgrove.ports import DraftPort
 from specgrove.tree import TokenTree
-from specgrove.types import DraftPrefill, ProposeRequest, TargetInfo, TreeBudget, VerifyResult
+from specgrove.types import (DrafterInfo, DraftPrefill, ProposeRequest, TargetInfo, TreeBudget,
+                             VerifyResult)
 
 log = logging.getLogger("specgrove.gateway")
 
@@ -79,6 +80,19 @@ class Proposer:
         self.adaptive, self.draft_retry_s = adaptive, draft_retry_s
         self.controller = SpeculationController()
         self.draft_down_until = 0.0
+        self.drafter_layers: dict[str, tuple[int, ...]] = {}  # feature drafters' target layers
+        self.default_drafter = ""
+
+    def use_drafters(self, infos: Sequence[DrafterInfo]) -> None:
+        """What the draft service has loaded (refreshed by the gateway)."""
+        self.drafter_layers = {d.name: d.feature_layers for d in infos}
+        self.default_drafter = next((d.name for d in infos if d.is_default), self.default_drafter)
+
+    def feature_layers(self, job: Job) -> tuple[int, ...]:
+        """The target layers whose hidden states the job's drafter needs (EAGLE heads)."""
+        if not job.spec.budget.speculates:
+            return ()
+        return self.drafter_layers.get(job.spec.drafter or self.default_drafter, ())
 
     async def propose(self, jobs: Sequence[Job]) -> list[StepDraft]:
         budgets = {j.seq_id: self.budget(j) for j in jobs}
@@ -143,13 +157,13 @@ class Proposer:
         try:
             unsynced = [j for j in jobs if not j.draft_synced]
             if unsynced:  # new jobs, or all of them after the draft service came back
-                await self.draft.prefill([DraftPrefill(j.seq_id, tuple(j.history), j.spec.sampling)
-                                          for j in unsynced])
+                await self.draft.prefill([DraftPrefill(j.seq_id, tuple(j.history), j.spec.sampling,
+                                                       j.take_features()) for j in unsynced])
                 for j in unsynced:
                     j.draft_synced, j.new_tokens = True, ()
             props = await self.draft.propose([
-                ProposeRequest(j.seq_id, j.new_tokens, budgets[j.seq_id], j.spec.drafter, j.spec.coupled)
-                for j in jobs])
+                ProposeRequest(j.seq_id, j.new_tokens, budgets[j.seq_id], j.spec.drafter,
+                               j.spec.coupled, j.take_features()) for j in jobs])
         except ServiceError as exc:
             log.warning("draft service failed (%s): decoding without speculation for %.0fs",
                         exc, self.draft_retry_s)

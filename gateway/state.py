@@ -63,6 +63,7 @@ class GatewayState:
             return  # keep the last known list while the draft service is away
         self.drafters = {d.name for d in infos}
         self.default_drafter = next((d.name for d in infos if d.is_default), "")
+        self.orchestrator.proposer.use_drafters(infos)
 
     @property
     def tracing(self) -> bool:

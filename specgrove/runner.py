@@ -6,14 +6,16 @@ Two halves, split so that tensor-parallel ranks share the second:
   sequence, new tokens with their RoPE positions, written right after the sequence's committed
   tokens (plus any tree tokens already written this step). Causal items are prompt chunks or
   catch-up tokens; tree items carry their ancestor-mask rows. Metadata is built once per
-  forward and shared by every layer (nano-vllm / vLLM v1 style).
+  forward and shared by every layer (nano-vllm / vLLM v1 style). An item may also carry input
+  features (feature-conditioned drafters, EAGLE) and ask for the hidden states of its tokens
+  at some layers (the target's features for such drafters).
 * :class:`ModelExecutor` holds the model and the KV tensors and *executes* a prepared batch,
   or applies a commit plan's slot copies. A tensor-parallel worker runs only an executor: rank
   0 prepares and broadcasts, every rank executes on its own shard.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -32,6 +34,20 @@ class ForwardItem:
     # [n][tree_offset + n] visibility of the window; None = causal after the committed prefix.
     tree_mask: Sequence[Sequence[bool]] | None = None
     all_logits: bool = False  # logits for every token, else only the last
+    features: torch.Tensor | None = None  # [n, d] model inputs beside the tokens (EAGLE heads)
+    capture: bool = False  # return every token's hidden states at the batch's capture layers
+
+
+@dataclass
+class FeatureCapture:
+    """Hidden states to keep during a forward: after decoder layers ``layers``, rows ``rows``."""
+
+    layers: tuple[int, ...]
+    rows: torch.Tensor  # [F] int64 token rows of the batch
+    taken: list[torch.Tensor] = field(default_factory=list)  # one [F, d] per layer, in order
+
+    def stacked(self) -> torch.Tensor:  # [F, len(layers) * d]
+        return torch.cat(self.taken, dim=-1)
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,17 @@ class PreparedBatch:
     meta: AttentionMetadata
     logit_rows: torch.Tensor  # [R] int64 rows of the hidden states that get logits
     bounds: tuple[int, ...]  # item i owns logits rows bounds[i]:bounds[i+1]
+    features: torch.Tensor | None = None  # [T, d] input features (rank-local; never broadcast)
+    capture_layers: tuple[int, ...] = ()  # decoder layers whose outputs are captured
+    capture_rows: torch.Tensor | None = None  # [F] int64
+    capture_bounds: tuple[int, ...] = ()  # item i owns captured rows capture_bounds[i]:[i+1]
+    hidden_out: bool = False  # return the logit rows' final hidden states instead of logits
+
+
+@dataclass(frozen=True)
+class ForwardOutput:
+    logits: list[torch.Tensor]  # per item [n or 1, V]; final hidden states [n or 1, d] if asked
+    features: list[torch.Tensor | None]  # per item [n, len(layers) * d] when it asked, else None
 
 
 class ModelExecutor:
@@ -63,10 +90,19 @@ class ModelExecutor:
     def config(self):
         return self.model.config
 
-    def execute(self, batch: PreparedBatch) -> torch.Tensor:
-        """Run the model on a prepared batch: logits of the selected rows, [R, V]."""
-        hidden = self.model(batch.input_ids, batch.positions, self.kv_cache, batch.meta)
-        return self.model.logits(hidden[batch.logit_rows])
+    def execute(self, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the model on a prepared batch: logits of the selected rows ([R, V], or their
+        final hidden states [R, d] when ``hidden_out``), and the captured hidden states
+        ([F, layers * d]) when the batch asks for any."""
+        capture = None
+        if batch.capture_layers:
+            capture = FeatureCapture(batch.capture_layers, batch.capture_rows)
+        extra = {} if batch.features is None else {"features": batch.features}
+        hidden = self.model(batch.input_ids, batch.positions, self.kv_cache, batch.meta,
+                            capture=capture, **extra)
+        rows = hidden[batch.logit_rows]
+        out = rows if batch.hidden_out else self.model.logits(rows)
+        return out, None if capture is None else capture.stacked()
 
     def apply_copies(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Copy K/V slots in every layer (a commit plan); src, dst: [C] int64."""
@@ -92,15 +128,24 @@ class ModelRunner:
     def model(self) -> torch.nn.Module:
         return self.executor.model
 
-    @torch.inference_mode()
     def forward(self, items: Sequence[ForwardItem]) -> list[torch.Tensor]:
         """Reserve slots, run one batched forward, return logits per item ([n or 1, V])."""
+        return self.run(items).logits
+
+    @torch.inference_mode()
+    def run(self, items: Sequence[ForwardItem], capture_layers: Sequence[int] = (),
+            hidden_out: bool = False) -> ForwardOutput:
+        """``forward`` that can also capture hidden states at ``capture_layers`` for the items
+        that ask (``ForwardItem.capture``) and return final hidden states instead of logits."""
         for item in items:
             self.blocks.reserve(item.seq_id, item.tree_offset + len(item.token_ids))
-        batch = self._prepare(items)
-        logits = self.executor.execute(batch)
-        b = batch.bounds
-        return [logits[b[i] : b[i + 1]] for i in range(len(items))]
+        batch = self._prepare(items, tuple(capture_layers), hidden_out)
+        out, captured = self.executor.execute(batch)
+        b, c = batch.bounds, batch.capture_bounds
+        features: list[torch.Tensor | None] = [None] * len(items)
+        if captured is not None:
+            features = [captured[c[i]:c[i + 1]] if it.capture else None for i, it in enumerate(items)]
+        return ForwardOutput([out[b[i]:b[i + 1]] for i in range(len(items))], features)
 
     def close(self) -> None:
         self.executor.close()
@@ -117,20 +162,34 @@ class ModelRunner:
             as_tensor = lambda x: torch.tensor(x, dtype=torch.int64, device=self.device)
             self.executor.apply_copies(as_tensor(src), as_tensor(dst))
 
-    def _prepare(self, items: Sequence[ForwardItem]) -> PreparedBatch:
+    def _prepare(self, items: Sequence[ForwardItem], capture_layers: tuple[int, ...] = (),
+                 hidden_out: bool = False) -> PreparedBatch:
         dev = self.device
         rows, bounds, start = [], [0], 0
+        captured, capture_bounds = [], [0]
         for it in items:
             n = len(it.token_ids)
             rows.extend(range(start, start + n) if it.all_logits else [start + n - 1])
             bounds.append(len(rows))
+            if it.capture:
+                captured.extend(range(start, start + n))
+            capture_bounds.append(len(captured))
             start += n
+        capture = bool(capture_layers and captured)
+        features = None
+        if any(it.features is not None for it in items):
+            features = torch.cat([it.features for it in items]).to(dev)  # every item must have them
         return PreparedBatch(
             input_ids=torch.tensor([t for it in items for t in it.token_ids], device=dev),
             positions=torch.tensor([p for it in items for p in it.positions], device=dev),
             meta=self._metadata(items),
             logit_rows=torch.tensor(rows, device=dev),
             bounds=tuple(bounds),
+            features=features,
+            capture_layers=capture_layers if capture else (),
+            capture_rows=torch.tensor(captured, device=dev) if capture else None,
+            capture_bounds=tuple(capture_bounds),
+            hidden_out=hidden_out,
         )
 
     def _metadata(self, items: Sequence[ForwardItem]) -> AttentionMetadata:

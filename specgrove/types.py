@@ -131,32 +131,101 @@ class TreeBudget:
                                      max_depth=self.max_depth, top_k=self.top_k)
 
 
+# Feature rows held for one sequence while no drafter consumes them (gateway and draft service):
+# a feature drafter then starts from this suffix, which costs it acceptance, never correctness.
+MAX_FEATURE_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class Features:
+    """Target hidden states for feature drafters (EAGLE): ``rows`` tokens x ``width`` values
+    (the chosen layers side by side) as little-endian bfloat16 bytes, row-major. Opaque to the
+    gateway, which only forwards and concatenates them (no torch needed)."""
+
+    rows: int
+    width: int
+    data: bytes  # rows * width * 2 bytes
+
+    def __post_init__(self) -> None:
+        if self.rows < 0 or self.width < 0 or len(self.data) != 2 * self.rows * self.width:
+            raise InvalidRequest("features", f"{len(self.data)} bytes do not hold {self.rows} x "
+                                 f"{self.width} bfloat16 values")
+
+    @staticmethod
+    def empty(width: int = 0) -> "Features":
+        return Features(0, width, b"")
+
+    @staticmethod
+    def concat(parts: "list[Features]") -> "Features":
+        parts = [p for p in parts if p.rows]
+        if not parts:
+            return Features.empty()
+        if len({p.width for p in parts}) != 1:
+            raise InvalidRequest("features", "feature rows of different widths")
+        return Features(sum(p.rows for p in parts), parts[0].width, b"".join(p.data for p in parts))
+
+    def tail(self, rows: int) -> "Features":
+        """The last ``rows`` rows."""
+        rows = min(rows, self.rows)
+        return Features(rows, self.width, self.data[len(self.data) - 2 * rows * self.width:])
+
+    @staticmethod
+    def from_tensor(t) -> "Features":  # [rows, width] -> bfloat16 bytes
+        import torch
+
+        t = t.detach().to(torch.bfloat16).contiguous().cpu()
+        return Features(t.shape[0], t.shape[1], t.view(torch.int16).numpy().tobytes())
+
+    def to_tensor(self):  # [rows, width] bfloat16
+        import numpy as np
+        import torch
+
+        raw = np.frombuffer(self.data, dtype=np.int16).reshape(self.rows, self.width)
+        return torch.from_numpy(raw.copy()).view(torch.bfloat16)
+
+    @staticmethod
+    def from_pb(msg: common_pb2.Features) -> "Features":
+        return Features(msg.rows, msg.width, msg.data)
+
+    def to_pb(self) -> common_pb2.Features:
+        return common_pb2.Features(rows=self.rows, width=self.width, data=self.data)
+
+
+def _features_of(msg, field_name: str = "features") -> "Features | None":
+    return Features.from_pb(getattr(msg, field_name)) if msg.HasField(field_name) else None
+
+
 @dataclass(frozen=True)
 class PrefillRequest:
     seq_id: int
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams = SamplingParams()
+    feature_layers: tuple[int, ...] = ()  # target layers whose hidden states the drafter needs
 
     @staticmethod
     def from_pb(msg: target_pb2.PrefillRequest) -> "PrefillRequest":
-        return PrefillRequest(msg.seq_id, tuple(msg.prompt_ids), SamplingParams.from_pb(msg.sampling))
+        return PrefillRequest(msg.seq_id, tuple(msg.prompt_ids), SamplingParams.from_pb(msg.sampling),
+                              tuple(msg.feature_layers))
 
     def to_pb(self) -> target_pb2.PrefillRequest:
         return target_pb2.PrefillRequest(seq_id=self.seq_id, prompt_ids=self.prompt_ids,
-                                         sampling=self.sampling.to_pb())
+                                         sampling=self.sampling.to_pb(),
+                                         feature_layers=self.feature_layers)
 
 
 @dataclass(frozen=True)
 class PrefillResult:
     seq_id: int
     first_token: int  # the pending token: sampled, not yet run through the target
+    features: Features | None = field(default=None, compare=False)  # one row per prompt token
 
     @staticmethod
     def from_pb(msg: target_pb2.PrefillResult) -> "PrefillResult":
-        return PrefillResult(msg.seq_id, msg.first_token)
+        return PrefillResult(msg.seq_id, msg.first_token, _features_of(msg))
 
     def to_pb(self) -> target_pb2.PrefillResult:
-        return target_pb2.PrefillResult(seq_id=self.seq_id, first_token=self.first_token)
+        return target_pb2.PrefillResult(seq_id=self.seq_id, first_token=self.first_token,
+                                        features=self.features.to_pb() if self.features else None)
 
 
 @dataclass(frozen=True)
@@ -166,15 +235,17 @@ class DraftPrefill:
     seq_id: int
     token_ids: tuple[int, ...]  # prompt + generated tokens, the pending token last
     sampling: SamplingParams = SamplingParams()  # with the seed: for coupled drafting
+    features: Features | None = field(default=None, compare=False)  # rows for token_ids[:-1] (or a suffix)
 
     @staticmethod
     def from_pb(msg: draft_pb2.DraftPrefill) -> "DraftPrefill":
         sampling = SamplingParams.from_pb(msg.sampling) if msg.HasField("sampling") else SamplingParams()
-        return DraftPrefill(msg.seq_id, tuple(msg.token_ids), sampling)
+        return DraftPrefill(msg.seq_id, tuple(msg.token_ids), sampling, _features_of(msg))
 
     def to_pb(self) -> draft_pb2.DraftPrefill:
         return draft_pb2.DraftPrefill(seq_id=self.seq_id, token_ids=self.token_ids,
-                                      sampling=self.sampling.to_pb())
+                                      sampling=self.sampling.to_pb(),
+                                      features=self.features.to_pb() if self.features else None)
 
 
 @dataclass(frozen=True)
@@ -198,17 +269,19 @@ class ProposeRequest:
     budget: TreeBudget
     drafter: str = ""
     coupled: bool = True  # rank model drafts by the sequence's sampling noise
+    features: Features | None = field(default=None, compare=False)  # one row per new token
 
     @staticmethod
     def from_pb(msg: draft_pb2.ProposeRequest) -> "ProposeRequest":
         coupled = msg.coupled if msg.HasField("coupled") else True
         return ProposeRequest(msg.seq_id, tuple(msg.new_tokens), TreeBudget.from_pb(msg.budget),
-                              msg.drafter, coupled)
+                              msg.drafter, coupled, _features_of(msg))
 
     def to_pb(self) -> draft_pb2.ProposeRequest:
         return draft_pb2.ProposeRequest(seq_id=self.seq_id, new_tokens=self.new_tokens,
                                         budget=self.budget.to_pb(), drafter=self.drafter,
-                                        coupled=self.coupled)
+                                        coupled=self.coupled,
+                                        features=self.features.to_pb() if self.features else None)
 
 
 @dataclass(frozen=True)
@@ -245,6 +318,7 @@ class VerifyResult:
     accepted_tokens: tuple[int, ...]  # tree tokens accepted after the root, in path order
     bonus_token: int  # sampled by the target after the last accepted node: the new pending
     accepted_nodes: tuple[int, ...] = field(default=(), compare=False)  # their node indices
+    features: Features | None = field(default=None, compare=False)  # root + accepted rows
 
     @property
     def new_tokens(self) -> tuple[int, ...]:
@@ -254,12 +328,13 @@ class VerifyResult:
     @staticmethod
     def from_pb(msg: target_pb2.VerifyResult) -> "VerifyResult":
         return VerifyResult(msg.seq_id, tuple(msg.accepted_tokens), msg.bonus_token,
-                            tuple(msg.accepted_nodes))
+                            tuple(msg.accepted_nodes), _features_of(msg))
 
     def to_pb(self) -> target_pb2.VerifyResult:
         return target_pb2.VerifyResult(
             seq_id=self.seq_id, accepted_tokens=self.accepted_tokens,
             bonus_token=self.bonus_token, accepted_nodes=self.accepted_nodes,
+            features=self.features.to_pb() if self.features else None,
         )
 
 
@@ -293,10 +368,11 @@ class DrafterInfo:
     kind: str
     spec: str
     is_default: bool
+    feature_layers: tuple[int, ...] = ()  # target layers it needs features from (EAGLE heads)
 
     @staticmethod
     def from_pb(msg: draft_pb2.DrafterInfo) -> "DrafterInfo":
-        return DrafterInfo(msg.name, msg.kind, msg.spec, msg.is_default)
+        return DrafterInfo(msg.name, msg.kind, msg.spec, msg.is_default, tuple(msg.feature_layers))
 
     def to_pb(self) -> draft_pb2.DrafterInfo:
         return draft_pb2.DrafterInfo(**self.__dict__)

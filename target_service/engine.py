@@ -4,8 +4,11 @@ Per sequence the KV cache holds the committed tokens ``[0, L)`` and the engine r
 pending token (sampled, not yet run). ``verify`` writes every tree node at its own slot after
 ``L``, runs one forward over all nodes of all sequences, accepts a path per sequence with the
 lossless rules of ``specgrove.sampling``, commits the path's K/V to ``L+1 .. L+k`` and returns
-accepted tokens plus the bonus token (DESIGN "One step", 3). With tracing on, the phases are
-the spans ``target.forward``, ``target.accept`` and ``target.commit`` under the RPC's span.
+accepted tokens plus the bonus token (DESIGN "One step", 3). A sequence whose drafter needs
+features (EAGLE) names target layers at prefill; it then gets the hidden states of the prompt
+and of every token a verify commits, taken in the same forward (others pay nothing). With
+tracing on, the phases are the spans ``target.forward``, ``target.accept`` and
+``target.commit`` under the RPC's span.
 """
 from __future__ import annotations
 
@@ -16,17 +19,19 @@ import torch
 
 from specgrove import telemetry
 from specgrove.kv import KVCacheExhausted
-from specgrove.runner import ForwardItem, ModelRunner
+from specgrove.runner import ForwardItem, ForwardOutput, ModelRunner
 from specgrove.sampling import NoiseCache, accept_path, target_tokens
 from specgrove.tree import TokenTree
 from specgrove.errors import InvalidRequest, UnknownSequence
-from specgrove.types import PrefillRequest, PrefillResult, SamplingParams, VerifyItem, VerifyResult
+from specgrove.types import (Features, PrefillRequest, PrefillResult, SamplingParams, VerifyItem,
+                             VerifyResult)
 
 
 @dataclass
 class _SeqState:
     sampling: SamplingParams  # seeded: the seed keys the sampling noise
     noise: NoiseCache | None  # None for greedy sequences
+    feature_layers: tuple[int, ...] = ()  # sorted; () = no features
     pending: int = -1
 
 
@@ -69,21 +74,23 @@ class TargetEngine:
             raise KVCacheExhausted(f"prompts need {need} KV blocks, {bm.num_free_blocks} are free")
         for r in requests:
             bm.add_sequence(r.seq_id)
-            self._seqs[r.seq_id] = self._new_state(r.sampling)
-        items = [ForwardItem(r.seq_id, r.prompt_ids, range(len(r.prompt_ids))) for r in requests]
+            self._seqs[r.seq_id] = self._new_state(r.sampling, r.feature_layers)
+        items = [ForwardItem(r.seq_id, r.prompt_ids, range(len(r.prompt_ids)),
+                             capture=bool(r.feature_layers)) for r in requests]
         try:
-            logits = self._forward(items)
+            out, layers = self._forward(items)
         except BaseException:
             for r in requests:
                 self.release(r.seq_id)
             raise
         self.runner.commit_many([(r.seq_id, len(r.prompt_ids), None) for r in requests])
         results = []
-        for r, lg in zip(requests, logits):
+        for i, (r, lg) in enumerate(zip(requests, out.logits)):
+            state = self._seqs[r.seq_id]
             # A root-only tree at the last prompt token: its "bonus" is the first new token.
-            _, first = self._accept(TokenTree.root_only(0), lg, self._seqs[r.seq_id], len(r.prompt_ids) - 1)
-            self._seqs[r.seq_id].pending = first
-            results.append(PrefillResult(r.seq_id, first))
+            _, first = self._accept(TokenTree.root_only(0), lg, state, len(r.prompt_ids) - 1)
+            state.pending = first
+            results.append(PrefillResult(r.seq_id, first, self._features(out, layers, i, state, None)))
         return results
 
     def verify(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
@@ -97,23 +104,24 @@ class TargetEngine:
             mask = it.tree.ancestor_mask() if len(it.tree) > 1 else None
             forward.append(ForwardItem(
                 it.seq_id, it.tree.token_ids, it.tree.positions(base),
-                tree_mask=mask, all_logits=True,
+                tree_mask=mask, all_logits=True, capture=bool(self._seqs[it.seq_id].feature_layers),
             ))
         try:
-            logits = self._forward(forward)
+            out, layers = self._forward(forward)
         except BaseException:
             for it in items:
                 bm.rollback(it.seq_id)
             raise
         results, commits = [], []
         with telemetry.span("target.accept") as span:
-            for it, lg in zip(items, logits):
+            for i, (it, lg) in enumerate(zip(items, out.logits)):
                 state = self._seqs[it.seq_id]
                 path, bonus = self._accept(it.tree, lg, state, bm.committed_len(it.seq_id))
                 commits.append((it.seq_id, len(path) + 1, [0] + path))
                 state.pending = bonus
                 tokens = tuple(it.tree.token_ids[n] for n in path)
-                results.append(VerifyResult(it.seq_id, tokens, bonus, tuple(path)))
+                features = self._features(out, layers, i, state, [0] + path)
+                results.append(VerifyResult(it.seq_id, tokens, bonus, tuple(path), features))
             if span is not None:
                 span.set_attribute("specgrove.accepted_tokens",
                                    sum(len(r.accepted_tokens) for r in results))
@@ -129,16 +137,30 @@ class TargetEngine:
         self.runner.blocks.free(seq_id)
 
     # --- internals ---------------------------------------------------------------------------
-    def _forward(self, items: list[ForwardItem]) -> list[torch.Tensor]:
+    def _forward(self, items: list[ForwardItem]) -> tuple[ForwardOutput, list[int]]:
+        layers = sorted({l for it in items if it.capture for l in self._seqs[it.seq_id].feature_layers})
         with telemetry.span("target.forward") as span:
             if span is not None:
                 span.set_attribute("specgrove.tokens", sum(len(it.token_ids) for it in items))
-            return self.runner.forward(items)
+            return self.runner.run(items, capture_layers=layers), layers
 
-    def _new_state(self, sampling: SamplingParams) -> _SeqState:
+    @staticmethod
+    def _features(out: ForwardOutput, layers: list[int], i: int, state: _SeqState,
+                  rows: list[int] | None) -> Features | None:
+        """Item i's captured hidden states at its own layers (``rows`` of them, or all)."""
+        captured = out.features[i]  # [n, len(layers) * d]
+        if captured is None:
+            return None
+        width = captured.shape[-1] // len(layers)
+        blocks = [layers.index(l) for l in state.feature_layers]
+        cols = torch.cat([torch.arange(b * width, (b + 1) * width) for b in blocks])
+        picked = captured[:, cols] if rows is None else captured[rows][:, cols]
+        return Features.from_tensor(picked)
+
+    def _new_state(self, sampling: SamplingParams, feature_layers=()) -> _SeqState:
         sampling = sampling.seeded()
         noise = None if sampling.greedy else NoiseCache(sampling.seed, self.vocab_size, self.runner.device)
-        return _SeqState(sampling, noise)
+        return _SeqState(sampling, noise, tuple(sorted(set(feature_layers))))
 
     @staticmethod
     def _accept(tree: TokenTree, logits: torch.Tensor, state: _SeqState, root_position: int):
@@ -170,6 +192,11 @@ class TargetEngine:
                     f"of {self.max_model_len} tokens",
                 )
             self._check_tokens("prompt_ids", r.prompt_ids)
+            layers = self.runner.config.num_layers
+            bad = next((l for l in r.feature_layers if not 0 <= l < layers), None)
+            if bad is not None:
+                raise InvalidRequest("feature_layers", f"layer {bad} is not one of the target's "
+                                     f"{layers} layers (0 .. {layers - 1})")
 
     def _check_verify(self, items: Sequence[VerifyItem]) -> None:
         ids = [it.seq_id for it in items]

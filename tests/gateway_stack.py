@@ -29,7 +29,7 @@ def running_stack(target_dir: Path, draft_dir: Path, max_batch: int = 16, max_wa
     async def start():
         target = TargetServer(TargetServerConfig(run, port=0, limits=TargetLimits(64, 32), grace_s=1))
         draft = DraftServer(DraftServerConfig(model, (("lookup", "ngram"), ("small", f"model:{draft_dir}")),
-                                              "lookup", draft_run, port=0, grace_s=1), 320)
+                                              "lookup", draft_run, port=0, grace_s=1))
         tport, dport = await target.start(), await draft.start()
         await target.wait_ready()
         await draft.wait_ready()

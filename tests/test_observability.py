@@ -47,7 +47,7 @@ def traced(tiny_dirs, tmp_path_factory):
         target = TargetServer(TargetServerConfig(run, port=0, limits=TargetLimits(64, 32), grace_s=1,
                                                  telemetry=tel))
         draft = DraftServer(DraftServerConfig(model, drafters, "lookup", draft_run, port=0, grace_s=1,
-                                              telemetry=tel), 320)
+                                              telemetry=tel))
         tport, dport = await target.start(), await draft.start()
         await target.wait_ready()
         await draft.wait_ready()

@@ -130,14 +130,14 @@ PROMPT = (3, 1, 4, 1)
 NEW = 3  # tokens per sample: the prefill's token then one or two verify steps
 
 
-def exact_joint(path, params: SamplingParams) -> dict:
-    """P(t1, t2, t3 | prompt) under the target, enumerated with the HF implementation."""
+def exact_joint(path, params: SamplingParams, prompt=PROMPT, new=NEW) -> dict:
+    """P(t1 .. t_new | prompt) under the target, enumerated with the HF implementation."""
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64)
     joint = {(): 1.0}
-    for _ in range(NEW):
+    for _ in range(new):
         prefixes = list(joint)
         with torch.no_grad():
-            ids = torch.tensor([PROMPT + k for k in prefixes])
+            ids = torch.tensor([prompt + k for k in prefixes])
             p = target_probs(hf(ids).logits[:, -1], params)
         joint = {k + (t,): joint[k] * p[i, t].item()
                  for i, k in enumerate(prefixes) for t in range(p.shape[1]) if p[i, t] > 0}

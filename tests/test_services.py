@@ -38,7 +38,7 @@ def services(tiny_dirs):
         "lookup", draft_run, port=0, grace_s=1)
 
     async def start():  # grpc.aio servers belong to the loop they are created in
-        target, draft = TargetServer(target_cfg), DraftServer(draft_cfg, vocab_size=320)
+        target, draft = TargetServer(target_cfg), DraftServer(draft_cfg)
         ports = await target.start(), await draft.start()
         await target.wait_ready()
         await draft.wait_ready()

@@ -35,7 +35,7 @@ def tp_stack(tiny_dirs):
     async def start():
         target = TargetServer(TargetServerConfig(run, port=0, grace_s=0, tp=2, tp_timeout_s=30))
         draft = DraftServer(DraftServerConfig(model, (("lookup", "ngram"), ("small", f"model:{tiny_dirs['draft']}")),
-                                              "lookup", draft_run, port=0, grace_s=0), 320)
+                                              "lookup", draft_run, port=0, grace_s=0))
         await target.start(), await draft.start()
         await target.wait_ready()
         await draft.wait_ready()

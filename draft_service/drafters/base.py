@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from specgrove.tree import TokenTree
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.types import Features, SamplingParams, TreeBudget
 
 
 @dataclass(frozen=True)
@@ -15,10 +15,14 @@ class DraftInput:
     budget: TreeBudget
     sampling: SamplingParams = SamplingParams()  # the target's settings for this sequence
     coupled: bool = False  # rank the first child by the sequence's sampling noise
+    # Target features not handed to a drafter before: rows for the last ``rows`` tokens of
+    # ``history[:-1]`` (row j is the hidden state that predicted the token after it).
+    features: Features | None = None
 
 
 class Drafter(Protocol):
     kind: str
+    feature_layers: tuple[int, ...]  # target layers whose features it needs; () = none
 
     def propose(self, inputs: Sequence[DraftInput]) -> list[TokenTree]:
         """One tree per input, rooted at ``history[-1]``, within the input's budget."""

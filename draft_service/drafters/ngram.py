@@ -18,6 +18,7 @@ from specgrove.tree import TokenTree, static_tree_size
 
 class NgramDrafter:
     kind = "ngram"
+    feature_layers: tuple[int, ...] = ()
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1, max_matches: int = 8) -> None:
         if not 1 <= min_ngram <= max_ngram:

@@ -37,7 +37,7 @@ class GenerateOptions:
 
 def run_generate(opts: GenerateOptions) -> dict:
     from draft_service.engine import DraftEngine
-    from draft_service.factory import build_drafter
+    from draft_service.factory import DraftTarget, build_drafter
     from draft_service.local import LocalDraft
     from gateway.job import JobSpec
     from gateway.offline import generate
@@ -65,7 +65,7 @@ def run_generate(opts: GenerateOptions) -> dict:
         raise InvalidRequest(
             "prompt", f"{len(prompt_ids)} tokens do not fit the context of {engine.max_model_len}")
     spec = "ngram" if kind in ("ngram", "none") else f"model:{opts.draft_path}"
-    drafts = DraftEngine.of({kind: build_drafter(spec, engine.vocab_size, run)}, kind)
+    drafts = DraftEngine.of({kind: build_drafter(spec, DraftTarget(run.model), run)}, kind)
     target = LocalTarget(engine, opts.target, opts.dtype)
     job = JobSpec(tuple(prompt_ids), opts.max_tokens, sampling, drafter=kind, budget=budget)
     start = time.perf_counter()

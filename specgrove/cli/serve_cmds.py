@@ -75,14 +75,13 @@ def run_target(target: str, port: int, max_num_seqs: int, max_tree_nodes: int,
 
 
 def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, port: int, **o) -> None:
-    from draft_service.server import (DraftServer, DraftServerConfig, parse_drafter_option,
-                                      target_vocab_size)
+    from draft_service.server import DraftServer, DraftServerConfig, parse_drafter_option
 
     logging.basicConfig(level=o["log_level"], format="%(asctime)s %(name)s %(message)s")
     pairs = tuple(parse_drafter_option(d) for d in drafters) or (("ngram", "ngram"),)
     cfg = DraftServerConfig(target_vocab_from, pairs, default, _run_config("", o), o["host"], port,
                             telemetry=_telemetry(o))
-    asyncio.run(DraftServer(cfg, target_vocab_size(target_vocab_from)).serve_forever())
+    asyncio.run(DraftServer(cfg).serve_forever())
 
 
 def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, tokenizer: str | None,

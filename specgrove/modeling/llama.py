@@ -78,11 +78,14 @@ class LlamaForCausalLM(nn.Module):
         positions: torch.Tensor,  # [T] int64
         kv_cache: torch.Tensor,  # [num_layers, 2, num_blocks, block_size, Hkv_local, D]
         meta: AttentionMetadata,
+        capture=None,  # a runner.FeatureCapture: keep some layers' outputs (drafter features)
     ) -> torch.Tensor:  # [T, hidden]
         x = self.model.embed_tokens(input_ids)
         rope = self.model.rotary(positions)  # looked up once, shared by every layer
         for i, layer in enumerate(self.model.layers):
             x = layer(x, rope, kv_cache[i], meta)
+            if capture is not None and i in capture.layers:
+                capture.taken.append(x[capture.rows])
         return self.model.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, vocab]

@@ -106,6 +106,14 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         raise ValueError(f"checkpoint {path} lacks {sorted(missing)[:5]}")
 
 
+def load_embedding(path: Path) -> torch.Tensor:
+    """The checkpoint's token embedding [V, d] (float32), without building the model."""
+    for name, tensor in _checkpoint_tensors(path):
+        if name.endswith("embed_tokens.weight"):
+            return tensor.float()
+    raise ValueError(f"checkpoint {path} has no embed_tokens.weight")
+
+
 def _copy_whole(param: torch.nn.Parameter, full: torch.Tensor, shard: int = 0) -> None:
     """Loader of replicated parameters (norms): every rank keeps the whole tensor."""
     if param.shape != full.shape:

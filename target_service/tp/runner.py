@@ -39,7 +39,9 @@ class TPExecutor:
     def config(self):
         return self.local.config
 
-    def execute(self, batch: PreparedBatch) -> torch.Tensor:
+    def execute(self, batch: PreparedBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # Captured hidden states are replicated on every rank (after each layer's all-reduce):
+        # rank 0 keeps its own and the workers need not know.
         with self.driver.step(protocol.forward_message(batch)):
             return self.local.execute(batch)
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19specgrove/v1/common.proto\x12\x0cspecgrove.v1\"?\n\tTokenTree\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0f\n\x07parents\x18\x02 \x03(\x05\x12\x0e\n\x06scores\x18\x03 \x03(\x02\"_\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_p\x18\x02 \x01(\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"T\n\nTreeBudget\x12\x11\n\tbranching\x18\x01 \x03(\x05\x12\x11\n\tmax_nodes\x18\x02 \x01(\x05\x12\x11\n\tmax_depth\x18\x03 \x01(\x05\x12\r\n\x05top_k\x18\x04 \x01(\x05\"!\n\x0eReleaseRequest\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\"&\n\x0fReleaseResponse\x12\x13\n\x0b\x66ree_blocks\x18\x01 \x01(\x05\"\r\n\x0bInfoRequestb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19specgrove/v1/common.proto\x12\x0cspecgrove.v1\"?\n\tTokenTree\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0f\n\x07parents\x18\x02 \x03(\x05\x12\x0e\n\x06scores\x18\x03 \x03(\x02\"_\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\r\n\x05top_p\x18\x02 \x01(\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"T\n\nTreeBudget\x12\x11\n\tbranching\x18\x01 \x03(\x05\x12\x11\n\tmax_nodes\x18\x02 \x01(\x05\x12\x11\n\tmax_depth\x18\x03 \x01(\x05\x12\r\n\x05top_k\x18\x04 \x01(\x05\"5\n\x08\x46\x65\x61tures\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"!\n\x0eReleaseRequest\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\"&\n\x0fReleaseResponse\x12\x13\n\x0b\x66ree_blocks\x18\x01 \x01(\x05\"\r\n\x0bInfoRequestb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_end=203
   _globals['_TREEBUDGET']._serialized_start=205
   _globals['_TREEBUDGET']._serialized_end=289
-  _globals['_RELEASEREQUEST']._serialized_start=291
-  _globals['_RELEASEREQUEST']._serialized_end=324
-  _globals['_RELEASERESPONSE']._serialized_start=326
-  _globals['_RELEASERESPONSE']._serialized_end=364
-  _globals['_INFOREQUEST']._serialized_start=366
-  _globals['_INFOREQUEST']._serialized_end=379
+  _globals['_FEATURES']._serialized_start=291
+  _globals['_FEATURES']._serialized_end=344
+  _globals['_RELEASEREQUEST']._serialized_start=346
+  _globals['_RELEASEREQUEST']._serialized_end=379
+  _globals['_RELEASERESPONSE']._serialized_start=381
+  _globals['_RELEASERESPONSE']._serialized_end=419
+  _globals['_INFOREQUEST']._serialized_start=421
+  _globals['_INFOREQUEST']._serialized_end=434
 # @@protoc_insertion_point(module_scope)

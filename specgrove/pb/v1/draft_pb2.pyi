@@ -18,14 +18,16 @@ class DraftInfo(_message.Message):
     def __init__(self, vocab_size: _Optional[int] = ..., default_drafter: _Optional[str] = ..., num_sequences: _Optional[int] = ...) -> None: ...
 
 class DraftPrefill(_message.Message):
-    __slots__ = ("seq_id", "token_ids", "sampling")
+    __slots__ = ("seq_id", "token_ids", "sampling", "features")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     seq_id: int
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
-    def __init__(self, seq_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    features: _common_pb2.Features
+    def __init__(self, seq_id: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., features: _Optional[_Union[_common_pb2.Features, _Mapping]] = ...) -> None: ...
 
 class DraftPrefillBatch(_message.Message):
     __slots__ = ("sequences",)
@@ -38,18 +40,20 @@ class DraftPrefillResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("seq_id", "new_tokens", "budget", "drafter", "coupled")
+    __slots__ = ("seq_id", "new_tokens", "budget", "drafter", "coupled", "features")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     COUPLED_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     seq_id: int
     new_tokens: _containers.RepeatedScalarFieldContainer[int]
     budget: _common_pb2.TreeBudget
     drafter: str
     coupled: bool
-    def __init__(self, seq_id: _Optional[int] = ..., new_tokens: _Optional[_Iterable[int]] = ..., budget: _Optional[_Union[_common_pb2.TreeBudget, _Mapping]] = ..., drafter: _Optional[str] = ..., coupled: _Optional[bool] = ...) -> None: ...
+    features: _common_pb2.Features
+    def __init__(self, seq_id: _Optional[int] = ..., new_tokens: _Optional[_Iterable[int]] = ..., budget: _Optional[_Union[_common_pb2.TreeBudget, _Mapping]] = ..., drafter: _Optional[str] = ..., coupled: _Optional[bool] = ..., features: _Optional[_Union[_common_pb2.Features, _Mapping]] = ...) -> None: ...
 
 class ProposeBatch(_message.Message):
     __slots__ = ("requests",)
@@ -84,16 +88,18 @@ class LoadDrafterRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., make_default: _Optional[bool] = ...) -> None: ...
 
 class DrafterInfo(_message.Message):
-    __slots__ = ("name", "kind", "spec", "is_default")
+    __slots__ = ("name", "kind", "spec", "is_default", "feature_layers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     spec: str
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spec: _Optional[str] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    feature_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spec: _Optional[str] = ..., is_default: _Optional[bool] = ..., feature_layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class UnloadDrafterRequest(_message.Message):
     __slots__ = ("name",)

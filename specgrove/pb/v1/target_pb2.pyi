@@ -34,14 +34,16 @@ class TargetInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., vocab_size: _Optional[int] = ..., max_model_len: _Optional[int] = ..., block_size: _Optional[int] = ..., total_blocks: _Optional[int] = ..., free_blocks: _Optional[int] = ..., tp_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., max_num_seqs: _Optional[int] = ..., max_tree_nodes: _Optional[int] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
-    __slots__ = ("seq_id", "prompt_ids", "sampling")
+    __slots__ = ("seq_id", "prompt_ids", "sampling", "feature_layers")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_IDS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_LAYERS_FIELD_NUMBER: _ClassVar[int]
     seq_id: int
     prompt_ids: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
-    def __init__(self, seq_id: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    feature_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq_id: _Optional[int] = ..., prompt_ids: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., feature_layers: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PrefillBatch(_message.Message):
     __slots__ = ("requests",)
@@ -50,12 +52,14 @@ class PrefillBatch(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[PrefillRequest, _Mapping]]] = ...) -> None: ...
 
 class PrefillResult(_message.Message):
-    __slots__ = ("seq_id", "first_token")
+    __slots__ = ("seq_id", "first_token", "features")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     seq_id: int
     first_token: int
-    def __init__(self, seq_id: _Optional[int] = ..., first_token: _Optional[int] = ...) -> None: ...
+    features: _common_pb2.Features
+    def __init__(self, seq_id: _Optional[int] = ..., first_token: _Optional[int] = ..., features: _Optional[_Union[_common_pb2.Features, _Mapping]] = ...) -> None: ...
 
 class PrefillBatchResult(_message.Message):
     __slots__ = ("results", "free_blocks")
@@ -80,16 +84,18 @@ class VerifyBatch(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[VerifyItem, _Mapping]]] = ...) -> None: ...
 
 class VerifyResult(_message.Message):
-    __slots__ = ("seq_id", "accepted_tokens", "bonus_token", "accepted_nodes")
+    __slots__ = ("seq_id", "accepted_tokens", "bonus_token", "accepted_nodes", "features")
     SEQ_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     BONUS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_NODES_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     seq_id: int
     accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
     bonus_token: int
     accepted_nodes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, seq_id: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., bonus_token: _Optional[int] = ..., accepted_nodes: _Optional[_Iterable[int]] = ...) -> None: ...
+    features: _common_pb2.Features
+    def __init__(self, seq_id: _Optional[int] = ..., accepted_tokens: _Optional[_Iterable[int]] = ..., bonus_token: _Optional[int] = ..., accepted_nodes: _Optional[_Iterable[int]] = ..., features: _Optional[_Union[_common_pb2.Features, _Mapping]] = ...) -> None: ...
 
 class VerifyBatchResult(_message.Message):
     __slots__ = ("results", "free_blocks")
