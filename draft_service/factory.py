@@ -41,14 +41,22 @@ class DraftTarget:
         return load_embedding(resolve_model(self.model))
 
 
+def shipped_head(name: str) -> Path | None:
+    """The directory of the head shipped for a named model (``smollm2-135m-instruct``), if any."""
+    if not name or Path(name).name != name:
+        return None  # a path, not a name
+    directory = HEADS_DIR / name
+    return directory if (directory / "config.json").is_file() else None
+
+
 def head_dir(name_or_path: str) -> Path:
     """A head directory: the path given, or a head shipped with specgrove by that name."""
+    shipped = shipped_head(name_or_path)
+    if shipped is not None:
+        return shipped
     path = Path(name_or_path).expanduser()
     if (path / "config.json").is_file():
         return path
-    shipped = HEADS_DIR / name_or_path
-    if (shipped / "config.json").is_file():
-        return shipped
     names = sorted(p.name for p in HEADS_DIR.glob("*") if (p / "config.json").is_file())
     raise InvalidRequest("spec", f"no EAGLE head at {name_or_path!r}: not a directory with config.json "
                                  f"nor a shipped head ({', '.join(names) or 'none shipped'})")
@@ -83,20 +91,28 @@ def _model_drafter(arg: str, target: DraftTarget, run: ModelRunConfig):
 
 
 def _eagle_drafter(arg: str, target: DraftTarget, run: ModelRunConfig):
-    from draft_service.drafters.eagle.config import EagleConfig
-    from draft_service.drafters.eagle.drafter import EagleDrafter
-    from draft_service.drafters.eagle.serving import load_serving_model
-    from kernels.backend import select_backend
-    from specgrove.modeling.parallel import LayerContext
-    from specgrove.runner import ModelExecutor, ModelRunner
+    from safetensors.torch import load_file
+
+    from draft_service.drafters.eagle.config import WEIGHTS_FILE, EagleConfig
 
     if not arg:
         raise ValueError("an EAGLE drafter needs a head: eagle:PATH or eagle:NAME")
     directory = head_dir(arg)
-    EagleConfig.load(directory).check_target(target.config)
+    cfg = EagleConfig.load(directory)
+    cfg.check_target(target.config)
+    return eagle_drafter(cfg, load_file(str(directory / WEIGHTS_FILE)), target.embedding(), run)
+
+
+def eagle_drafter(cfg, state: dict, embed, run: ModelRunConfig):
+    """An EAGLE drafter over a head's weights (``state``) and the target's embedding [V, d]."""
+    from draft_service.drafters.eagle.drafter import EagleDrafter
+    from draft_service.drafters.eagle.serving import serving_from_state
+    from kernels.backend import select_backend
+    from specgrove.modeling.parallel import LayerContext
+    from specgrove.runner import ModelExecutor, ModelRunner
+
     device = run.torch_device
-    ctx = LayerContext(dtype=run.torch_dtype, transposed=device.type == "cpu" if run.transposed is None
-                       else run.transposed)
-    model = load_serving_model(directory, target.embedding().to(device), ctx,
-                               select_backend(run.kernel_backend, device))
+    transposed = device.type == "cpu" if run.transposed is None else run.transposed
+    ctx = LayerContext(dtype=run.torch_dtype, transposed=transposed)
+    model = serving_from_state(cfg, state, embed.to(device), ctx, select_backend(run.kernel_backend, device))
     return EagleDrafter(ModelRunner(ModelExecutor(model, run.kv, device), run.kv))

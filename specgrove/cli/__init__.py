@@ -23,9 +23,11 @@ def main() -> None:
 @main.command()
 @click.option("--target", default="smollm2-135m-instruct", show_default=True,
               help="Model name or path (Hugging Face directory or .gguf file).")
-@click.option("--draft", "draft_path", default=None, help="Draft model path (implies --drafter model).")
-@click.option("--drafter", type=click.Choice(["ngram", "model", "none"]), default=None,
-              help="Drafter kind [default: model with --draft, else ngram].")
+@click.option("--draft", "draft_path", default=None,
+              help="Draft model path (implies --drafter model), or an EAGLE head (--drafter eagle).")
+@click.option("--drafter", type=click.Choice(["eagle", "ngram", "model", "none"]), default=None,
+              help="Drafter kind [default: model with --draft; else eagle when a head ships for "
+                   "the target; else ngram].")
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template.")
 @click.option("--max-tokens", default=128, show_default=True, type=int)
@@ -144,6 +146,35 @@ def up(**opts) -> None:
     from specgrove.cli.up_cmd import UpConfig, run_up
 
     run_up(UpConfig(**opts))
+
+
+@main.command()
+@click.option("--target", default="smollm2-135m-instruct", show_default=True, help="The target model.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write the head.")
+@click.option("--work", default=None, type=click.Path(file_okay=False),
+              help="Work directory (data, checkpoints); a rerun resumes from it [OUT.work].")
+@click.option("--max-minutes", default=85.0, show_default=True, type=float, help="Budget for the whole run.")
+@click.option("--prompts", default=4000, show_default=True, type=int, help="Prompts to answer at most.")
+@click.option("--max-new-tokens", default=192, show_default=True, type=int, help="Per response.")
+@click.option("--feature-layers", default="", help="Target layers, e.g. 2,15,29 [low, middle, last].")
+@click.option("--draft-vocab", default=4096, show_default=True, type=int, help="Truncated vocabulary size.")
+@click.option("--steps", default=4000, show_default=True, type=int, help="Training steps at most.")
+@click.option("--batch", "train_batch", default=8, show_default=True, type=int, help="Training windows per step.")
+@click.option("--window", default=256, show_default=True, type=int, help="Tokens per training window.")
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--ttt-steps", default=2, show_default=True, type=int,
+              help="Training-time-test unroll (1 = plain EAGLE training).")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]),
+              help="The target's precision while generating data.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def distill(**opts) -> None:
+    """Train an EAGLE draft head for a target by self-distillation (no downloads)."""
+    from specgrove.cli.distill_cmd import run_distill_command
+
+    try:
+        run_distill_command(**opts)
+    except Exception as exc:  # noqa: BLE001 -- one clear line, never a traceback
+        _fail(exc)
 
 
 @main.command("trace")

@@ -51,7 +51,7 @@ def run_generate(opts: GenerateOptions) -> dict:
     if opts.max_tokens < 1:
         raise InvalidRequest("max_tokens", f"must be >= 1, got {opts.max_tokens}")
     sampling = SamplingParams(opts.temperature, opts.top_p, opts.top_k, opts.seed)
-    kind = opts.drafter or ("model" if opts.draft_path else "ngram")
+    kind = opts.drafter or ("model" if opts.draft_path else _default_kind(opts.target))
     if kind == "model" and not opts.draft_path:
         raise InvalidRequest("draft", "--drafter model needs --draft PATH")
     budget = TreeBudget.off() if kind == "none" else tree_budget(
@@ -64,7 +64,8 @@ def run_generate(opts: GenerateOptions) -> dict:
     if len(prompt_ids) >= engine.max_model_len:
         raise InvalidRequest(
             "prompt", f"{len(prompt_ids)} tokens do not fit the context of {engine.max_model_len}")
-    spec = "ngram" if kind in ("ngram", "none") else f"model:{opts.draft_path}"
+    spec = {"ngram": "ngram", "none": "ngram", "model": f"model:{opts.draft_path}",
+            "eagle": f"eagle:{opts.draft_path or opts.target}"}[kind]
     drafts = DraftEngine.of({kind: build_drafter(spec, DraftTarget(run.model), run)}, kind)
     target = LocalTarget(engine, opts.target, opts.dtype)
     job = JobSpec(tuple(prompt_ids), opts.max_tokens, sampling, drafter=kind, budget=budget)
@@ -88,6 +89,12 @@ def run_generate(opts: GenerateOptions) -> dict:
         "drafter": eff.drafter,
         "tree": eff.tree_json(),
     }
+
+
+def _default_kind(target: str) -> str:
+    from draft_service.factory import shipped_head
+
+    return "eagle" if shipped_head(target) is not None else "ngram"
 
 
 def _encode(codec, prompt: str, chat: bool) -> list[int]:

@@ -53,9 +53,17 @@ def _tracing(cfg: UpConfig, service: str) -> list[str]:
     return args
 
 
+def default_drafters(target: str) -> tuple[str, ...]:
+    """``lookup`` (n-gram) always; first, as the default, the EAGLE head shipped for the target
+    when there is one (the embedded model has one)."""
+    from draft_service.factory import shipped_head
+
+    return (f"eagle=eagle:{target}", "lookup=ngram") if shipped_head(target) else ("lookup=ngram",)
+
+
 def _commands(cfg: UpConfig) -> dict[str, list[str]]:
     cli = [sys.executable, "-m", "specgrove.cli"]
-    drafters = [x for d in (cfg.drafters or ("lookup=ngram",)) for x in ("--drafter", d)]
+    drafters = [x for d in (cfg.drafters or default_drafters(cfg.target)) for x in ("--drafter", d)]
     return {
         "target": cli + ["target", "--target", cfg.target, "--port", str(cfg.target_port),
                          "--dtype", cfg.dtype, "--kv-blocks", str(cfg.kv_blocks), "--tp", str(cfg.tp),

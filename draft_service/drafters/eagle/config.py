@@ -71,7 +71,12 @@ class EagleConfig:
 
     @staticmethod
     def load(directory: Path) -> "EagleConfig":
+        from specgrove.errors import InvalidRequest
+
         data = json.loads((directory / CONFIG_FILE).read_text())
+        if "feature_layers" not in data or "draft_vocab_size" not in data:
+            raise InvalidRequest("spec", f"{directory} is not an EAGLE head (its config.json lacks "
+                                         "feature_layers / draft_vocab_size)")
         data["rope"] = RopeConfig(**data["rope"])
         data["feature_layers"] = tuple(data["feature_layers"])
         return EagleConfig(**data)

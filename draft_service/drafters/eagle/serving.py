@@ -88,8 +88,17 @@ def load_serving_model(directory: Path, embed: torch.Tensor, ctx: LayerContext,
                        backend: KernelBackend) -> EagleServingModel:
     from safetensors.torch import load_file
 
-    cfg = EagleConfig.load(directory)
+    return serving_from_state(EagleConfig.load(directory), load_file(str(directory / WEIGHTS_FILE)),
+                              embed, ctx, backend)
+
+
+def serving_from_state(cfg: EagleConfig, state: dict[str, torch.Tensor], embed: torch.Tensor,
+                       ctx: LayerContext, backend: KernelBackend) -> EagleServingModel:
+    """A serving model from a head's state dict (e.g. while training, without files)."""
     with torch.device(embed.device):
         model = EagleServingModel(cfg, embed, ctx, backend)
-    model.load_state(load_file(str(directory / WEIGHTS_FILE)))
+    model.load_state({k: v for k, v in state.items() if k in _SAVED or k.startswith("layer.")})
     return model.eval()
+
+
+_SAVED = {"fuse.weight", "in_proj.weight", "norm.weight", "head.weight", "d2t"}

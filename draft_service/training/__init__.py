@@ -1,0 +1,1 @@
+"""Self-distillation of feature drafters (EAGLE heads) for a target model."""
