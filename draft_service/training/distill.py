@@ -24,7 +24,6 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from draft_service.drafters.eagle.config import EagleConfig

@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from draft_service.drafters.eagle.head import EagleHead
 from draft_service.training.data import Dataset
