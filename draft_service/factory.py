@@ -105,14 +105,22 @@ def _eagle_drafter(arg: str, target: DraftTarget, run: ModelRunConfig):
 
 def eagle_drafter(cfg, state: dict, embed, run: ModelRunConfig):
     """An EAGLE drafter over a head's weights (``state``) and the target's embedding [V, d]."""
+    import torch
+
     from draft_service.drafters.eagle.drafter import EagleDrafter
     from draft_service.drafters.eagle.serving import serving_from_state
     from kernels.backend import select_backend
     from specgrove.modeling.parallel import LayerContext
     from specgrove.runner import ModelExecutor, ModelRunner
 
+    from specgrove.modeling.cpu_kernels import use_cpu_linears
+
     device = run.torch_device
-    transposed = device.type == "cpu" if run.transposed is None else run.transposed
+    backend = select_backend(run.kernel_backend, device)
+    cpu_kernels = backend.name == "cpu" and run.torch_dtype == torch.bfloat16
+    transposed = (device.type == "cpu" and not cpu_kernels) if run.transposed is None else run.transposed
     ctx = LayerContext(dtype=run.torch_dtype, transposed=transposed)
-    model = serving_from_state(cfg, state, embed.to(device), ctx, select_backend(run.kernel_backend, device))
+    model = serving_from_state(cfg, state, embed.to(device), ctx, backend)
+    if cpu_kernels and not transposed:
+        use_cpu_linears(model)  # the head stays bfloat16 whatever the target's quantization
     return EagleDrafter(ModelRunner(ModelExecutor(model, run.kv, device), run.kv))

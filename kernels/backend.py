@@ -1,8 +1,11 @@
 """Kernel backend, chosen once at start-up.
 
 ``torch`` runs the plain references (any device, any dtype); ``triton`` runs the Triton kernels
-(CUDA, or CPU under ``TRITON_INTERPRET=1``). ``auto`` picks Triton on CUDA devices when it is
-importable, the references otherwise. ``SPECGROVE_KERNEL_BACKEND`` overrides the configured name.
+(CUDA, or CPU under ``TRITON_INTERPRET=1``); ``cpu`` runs the C++ CPU kernels (paged tree
+attention, and -- in bfloat16 -- the small-M linears, see ``specgrove.modeling.cpu_kernels``),
+built at first use. ``auto`` picks Triton on CUDA devices when it is importable, the CPU
+kernels on CPU when they build, the references otherwise. ``SPECGROVE_KERNEL_BACKEND``
+overrides the configured name.
 Call sites receive a :class:`KernelBackend` and never branch on the device.
 """
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from kernels.paged_kv import commit_kv_ref, write_kv_ref
 from kernels.tree_attention import tree_attention_ref
 
-BACKEND_NAMES = ("auto", "torch", "triton")
+BACKEND_NAMES = ("auto", "torch", "triton", "cpu")
 ENV_VAR = "SPECGROVE_KERNEL_BACKEND"
 
 
@@ -46,6 +49,16 @@ def _triton_backend(device: torch.device) -> KernelBackend:
     return KernelBackend("triton", tree_attention, write_kv, commit_kv)
 
 
+def _cpu_backend(device: torch.device) -> KernelBackend:
+    from kernels import cpu_attention
+
+    if device.type != "cpu":
+        raise RuntimeError(f"the cpu kernel backend runs on the CPU, not {device.type}")
+    if not cpu_attention.available():
+        raise RuntimeError("the cpu kernel backend did not build (see the warning above)")
+    return KernelBackend("cpu", cpu_attention.tree_attention_cpu, write_kv_ref, commit_kv_ref)
+
+
 def select_backend(name: str, device: torch.device) -> KernelBackend:
     """Resolve a backend name (possibly overridden by the environment) for ``device``."""
     name = os.environ.get(ENV_VAR, name) or "auto"
@@ -55,9 +68,9 @@ def select_backend(name: str, device: torch.device) -> KernelBackend:
         return _torch_backend()
     if name == "triton":
         return _triton_backend(device)
-    if device.type == "cuda":
-        try:
-            return _triton_backend(device)
-        except RuntimeError:
-            return _torch_backend()
-    return _torch_backend()
+    if name == "cpu":
+        return _cpu_backend(device)
+    try:
+        return _triton_backend(device) if device.type == "cuda" else _cpu_backend(device)
+    except RuntimeError:
+        return _torch_backend()

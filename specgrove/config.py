@@ -12,7 +12,8 @@ from specgrove.kv import KVCacheConfig
 from specgrove.tree import parse_branching
 from specgrove.types import TreeBudget
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+QUANTIZATIONS = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -20,21 +21,35 @@ class ModelRunConfig:
     """Which checkpoint, in which precision, on which device, with which kernels and KV size."""
 
     model: str
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 on GPUs and on CPUs with native bf16, else float32
     device: str = "auto"
     kernel_backend: str = "auto"
     kv: KVCacheConfig = KVCacheConfig()
     transposed: bool | None = None  # weight layout; None = the loader's default for the device
+    quantization: str = "none"  # "int8": weight-only int8 linears (CPU kernels)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise InvalidRequest("dtype", f"{self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.quantization not in QUANTIZATIONS:
+            raise InvalidRequest("quantization", f"{self.quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+
+    @property
+    def dtype_name(self) -> str:
+        """The dtype actually used (``auto`` resolved for this machine)."""
+        if self.dtype != "auto":
+            return self.dtype
+        if self.torch_device.type != "cpu":
+            return "bfloat16"
+        from kernels.cpu_build import has_native_bf16
+
+        return "bfloat16" if has_native_bf16() else "float32"
 
     @property
     def torch_dtype(self):
         import torch
 
-        return getattr(torch, self.dtype)
+        return getattr(torch, self.dtype_name)
 
     @property
     def torch_device(self):

@@ -247,7 +247,7 @@ def load_executor(run, tp=None, device: torch.device | None = None) -> ModelExec
     device = device or run.torch_device
     model = build_model(resolve_model(run.model), run.torch_dtype, device,
                         select_backend(run.kernel_backend, device), tp=tp,
-                        transposed=run.transposed)
+                        transposed=run.transposed, quantization=run.quantization)
     return ModelExecutor(model, run.kv, device)
 
 

@@ -58,7 +58,7 @@ class TargetServer(ServiceServer):
 
     async def _load(self) -> None:
         engine = await self.thread.run(build_engine, self.cfg)
-        self.servicer.target = LocalTarget(engine, self.cfg.run.model, self.cfg.run.dtype,
+        self.servicer.target = LocalTarget(engine, self.cfg.run.model, self.cfg.run.dtype_name,
                                            self.cfg.limits, self.thread)
         log.info("target %s serving on %s:%d", self.cfg.run.model, self.cfg.host, self.port)
 

@@ -39,11 +39,10 @@ def main() -> None:
 @click.option("--tree-nodes", default=None, type=int, help="Dynamic tree: node budget [16].")
 @click.option("--tree-depth", default=None, type=int, help="Dynamic tree: depth [5].")
 @click.option("--tree-top-k", default=None, type=int, help="Dynamic tree: expansions per depth [4].")
-@click.option("--dtype", default="float32", show_default=True,
-              type=click.Choice(["float32", "bfloat16", "float16", "float64"]))
+@serve_cmds.precision_options
 @click.option("--device", default="auto", show_default=True)
 @click.option("--kernels", "kernel_backend", default="auto", show_default=True,
-              type=click.Choice(["auto", "torch", "triton"]))
+              type=click.Choice(["auto", "torch", "triton", "cpu"]))
 @click.option("--block-size", default=16, show_default=True, type=int)
 @click.option("--kv-blocks", default=1024, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -132,8 +131,7 @@ def gateway(**opts) -> None:
 @click.option("--grpc-port", default=50050, show_default=True, type=int)
 @click.option("--target-port", default=50051, show_default=True, type=int)
 @click.option("--draft-port", default=50052, show_default=True, type=int)
-@click.option("--dtype", default="float32", show_default=True,
-              type=click.Choice(["float32", "bfloat16", "float16", "float64"]))
+@serve_cmds.precision_options
 @click.option("--kv-blocks", default=2048, show_default=True, type=int)
 @click.option("--default-tree", default="8:4", show_default=True)
 @click.option("--tp", default=1, show_default=True, type=int, help="Tensor-parallel target ranks.")
@@ -164,7 +162,7 @@ def up(**opts) -> None:
 @click.option("--lr", default=1e-3, show_default=True, type=float)
 @click.option("--ttt-steps", default=2, show_default=True, type=int,
               help="Training-time-test unroll (1 = plain EAGLE training).")
-@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16"]),
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16"]),
               help="The target's precision while generating data.")
 @click.option("--seed", default=0, show_default=True, type=int)
 def distill(**opts) -> None:

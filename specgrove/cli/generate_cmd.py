@@ -28,6 +28,7 @@ class GenerateOptions:
     tree_depth: int | None
     tree_top_k: int | None
     dtype: str
+    quantization: str
     device: str
     kernel_backend: str
     block_size: int
@@ -57,7 +58,8 @@ def run_generate(opts: GenerateOptions) -> dict:
     budget = TreeBudget.off() if kind == "none" else tree_budget(
         opts.tree, opts.tree_nodes, opts.tree_depth, opts.tree_top_k)
     run = ModelRunConfig(str(resolve_model(opts.target)), opts.dtype, opts.device,
-                         opts.kernel_backend, KVCacheConfig(opts.block_size, opts.kv_blocks))
+                         opts.kernel_backend, KVCacheConfig(opts.block_size, opts.kv_blocks),
+                         quantization=opts.quantization)
     engine = TargetEngine(load_runner(run))
     codec = TextCodec(resolve_model(opts.target))
     prompt_ids = _encode(codec, opts.prompt, opts.chat)
@@ -67,7 +69,7 @@ def run_generate(opts: GenerateOptions) -> dict:
     spec = {"ngram": "ngram", "none": "ngram", "model": f"model:{opts.draft_path}",
             "eagle": f"eagle:{opts.draft_path or opts.target}"}[kind]
     drafts = DraftEngine.of({kind: build_drafter(spec, DraftTarget(run.model), run)}, kind)
-    target = LocalTarget(engine, opts.target, opts.dtype)
+    target = LocalTarget(engine, opts.target, run.dtype_name)
     job = JobSpec(tuple(prompt_ids), opts.max_tokens, sampling, drafter=kind, budget=budget)
     start = time.perf_counter()
     out = generate(target, LocalDraft(drafts, engine.vocab_size), [job], codec)[0]

@@ -6,16 +6,24 @@ import logging
 
 import click
 
-from specgrove.config import DTYPES, ModelRunConfig
+from specgrove.config import DTYPES, QUANTIZATIONS, ModelRunConfig
 from specgrove.kv import KVCacheConfig
 from specgrove.telemetry import TelemetryConfig
 
+PRECISION_OPTIONS = [
+    click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES),
+                 help="auto: bfloat16 on GPUs and on CPUs with native bf16 (AVX512_BF16/AMX), "
+                      "else float32."),
+    click.option("--quantization", default="none", show_default=True, type=click.Choice(QUANTIZATIONS),
+                 help="int8: weight-only int8 linears with per-channel scales (CPU kernels, bf16)."),
+]
+
 COMMON_MODEL_OPTIONS = [
     click.option("--host", default="127.0.0.1", show_default=True),
-    click.option("--dtype", default="float32", show_default=True, type=click.Choice(DTYPES)),
+    *PRECISION_OPTIONS,
     click.option("--device", default="auto", show_default=True),
     click.option("--kernels", "kernel_backend", default="auto", show_default=True,
-                 type=click.Choice(["auto", "torch", "triton"])),
+                 type=click.Choice(["auto", "torch", "triton", "cpu"])),
     click.option("--block-size", default=16, show_default=True, type=int),
     click.option("--kv-blocks", default=2048, show_default=True, type=int,
                  help="KV cache size in blocks of --block-size tokens."),
@@ -32,6 +40,12 @@ TRACING_OPTIONS = [
     click.option("--service-name", default="",
                  help="service.name of the spans [OTEL_SERVICE_NAME, else specgrove-<service>]."),
 ]
+
+
+def precision_options(fn):
+    for opt in reversed(PRECISION_OPTIONS):
+        fn = opt(fn)
+    return fn
 
 
 def model_options(fn):
@@ -52,7 +66,8 @@ def _telemetry(o: dict) -> TelemetryConfig:
 
 def _run_config(model: str, o: dict) -> ModelRunConfig:
     return ModelRunConfig(model, o["dtype"], o["device"], o["kernel_backend"],
-                          KVCacheConfig(o["block_size"], o["kv_blocks"]))
+                          KVCacheConfig(o["block_size"], o["kv_blocks"]),
+                          quantization=o.get("quantization", "none"))
 
 
 def run_target(target: str, port: int, max_num_seqs: int, max_tree_nodes: int,

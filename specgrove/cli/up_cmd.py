@@ -32,6 +32,7 @@ class UpConfig:
     target_port: int
     draft_port: int
     dtype: str
+    quantization: str
     kv_blocks: int
     default_tree: str
     trace_file: str | None = None
@@ -66,10 +67,12 @@ def _commands(cfg: UpConfig) -> dict[str, list[str]]:
     drafters = [x for d in (cfg.drafters or default_drafters(cfg.target)) for x in ("--drafter", d)]
     return {
         "target": cli + ["target", "--target", cfg.target, "--port", str(cfg.target_port),
-                         "--dtype", cfg.dtype, "--kv-blocks", str(cfg.kv_blocks), "--tp", str(cfg.tp),
+                         "--dtype", cfg.dtype, "--quantization", cfg.quantization,
+                         "--kv-blocks", str(cfg.kv_blocks), "--tp", str(cfg.tp),
                          *_tracing(cfg, "target")],
         "draft": cli + ["draft", "--target-vocab-from", cfg.target, "--port", str(cfg.draft_port),
-                        "--dtype", cfg.dtype, *drafters, *_tracing(cfg, "draft")],
+                        "--dtype", cfg.dtype, "--quantization", cfg.quantization, *drafters,
+                        *_tracing(cfg, "draft")],
         "gateway": cli + ["gateway", "--target", f"127.0.0.1:{cfg.target_port}",
                           "--draft", f"127.0.0.1:{cfg.draft_port}", "--host", cfg.host,
                           "--port", str(cfg.port), "--grpc-port", str(cfg.grpc_port),

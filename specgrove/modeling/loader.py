@@ -140,19 +140,28 @@ def _checkpoint_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 
 def build_model(
     path: Path, dtype: torch.dtype, device: torch.device, backend,
-    tp: TPGroup | None = None, transposed: bool | None = None,
+    tp: TPGroup | None = None, transposed: bool | None = None, quantization: str = "none",
 ):
     """Instantiate our model for the checkpoint at ``path`` and load its weights.
 
-    ``transposed`` (default: on CPU) stores linear weights as [in, out]; see parallel.py.
+    With the ``cpu`` kernel backend in bfloat16 the linears run on the C++ CPU kernels (bf16,
+    or weight-only int8 with ``quantization="int8"``) over the checkpoint's [out, in] layout.
+    Otherwise ``transposed`` (default: on CPU) stores linear weights as [in, out], which makes
+    oneDNN's one-token GEMV faster; see parallel.py.
     """
+    from specgrove.modeling.cpu_kernels import use_cpu_linears
     from specgrove.modeling.llama import LlamaForCausalLM
 
     cfg = load_config(path)
+    cpu_kernels = backend.name == "cpu" and dtype == torch.bfloat16
+    if quantization != "none" and not cpu_kernels:
+        raise ValueError(f"--quantization {quantization} needs the cpu kernel backend and bfloat16")
     if transposed is None:
-        transposed = device.type == "cpu"
+        transposed = device.type == "cpu" and not cpu_kernels
     ctx = LayerContext(tp or TPGroup(), dtype, transposed)
     with torch.device(device):
         model = LlamaForCausalLM(cfg, ctx, backend)
     load_weights(model, path)
+    if cpu_kernels and not transposed:
+        use_cpu_linears(model, quantization)
     return model.eval()

@@ -55,7 +55,10 @@ def _param(ctx: LayerContext, out_features: int, in_features: int) -> nn.Paramet
     return nn.Parameter(torch.zeros(shape, dtype=ctx.dtype), requires_grad=False)
 
 
-def _matmul(x: torch.Tensor, weight: torch.Tensor, transposed: bool, bias=None) -> torch.Tensor:
+def _matmul(x: torch.Tensor, weight: torch.Tensor, transposed: bool, bias=None, kernel=None) -> torch.Tensor:
+    if kernel is not None:  # a CPU kernel over this layer's weight (``cpu_kernels``)
+        out = kernel(x)
+        return out if bias is None else out + bias
     if not transposed:
         return F.linear(x, weight, bias)
     out = x @ weight
@@ -98,8 +101,10 @@ class ColumnParallelLinear(nn.Module):
         else:
             param.data.narrow(0, offset, local).copy_(piece)
 
+    kernel = None  # set by specgrove.modeling.cpu_kernels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _matmul(x, self.weight, self.transposed, self.bias)
+        return _matmul(x, self.weight, self.transposed, self.bias, self.kernel)
 
 
 class RowParallelLinear(nn.Module):
@@ -116,8 +121,10 @@ class RowParallelLinear(nn.Module):
         piece = full.narrow(1, self.tp.rank * self.local_in, self.local_in)  # [out, local_in]
         param.data.copy_(piece.t() if self.transposed else piece)
 
+    kernel = None  # set by specgrove.modeling.cpu_kernels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(_matmul(x, self.weight, self.transposed))
+        return self.tp.all_reduce(_matmul(x, self.weight, self.transposed, kernel=self.kernel))
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -141,7 +148,9 @@ class VocabParallelEmbedding(nn.Module):
             param.data[: rows.shape[0]].copy_(rows)
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:  # [T] -> [T, dim]
-        return self.weight[:, ids].t() if self.transposed else F.embedding(ids, self.weight)
+        if self.transposed:  # contiguous: else the whole residual stream stays column-major
+            return self.weight[:, ids].t().contiguous()
+        return F.embedding(ids, self.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.tp.size == 1:
@@ -156,6 +165,8 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(VocabParallelEmbedding):
     """Logits = h E^T over the local vocabulary rows, gathered to the full vocabulary."""
 
+    kernel = None  # set by specgrove.modeling.cpu_kernels
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [T, H] -> [T, V]
-        logits = self.tp.all_gather_last(_matmul(hidden, self.weight, self.transposed))
+        logits = self.tp.all_gather_last(_matmul(hidden, self.weight, self.transposed, kernel=self.kernel))
         return logits[..., : self.vocab_size]

@@ -24,9 +24,10 @@ class ShardSpec:
         run = self.run
         layout = next(k for k, v in LAYOUTS.items() if v is run.transposed)
         return [
-            "--model", run.model, "--dtype", run.dtype, "--device", run.torch_device.type,
+            "--model", run.model, "--dtype", run.dtype_name, "--device", run.torch_device.type,
             "--block-size", str(run.kv.block_size), "--num-blocks", str(run.kv.num_blocks),
             "--backend", run.kernel_backend, "--layout", layout, "--timeout", str(self.timeout_s),
+            "--quantization", run.quantization,
         ]
 
     @staticmethod
@@ -34,7 +35,7 @@ class ShardSpec:
         args = _parser().parse_args(argv)
         run = ModelRunConfig(args.model, args.dtype, args.device, args.backend,
                              KVCacheConfig(args.block_size, args.num_blocks),
-                             transposed=LAYOUTS[args.layout])
+                             transposed=LAYOUTS[args.layout], quantization=args.quantization)
         return ShardSpec(run, args.timeout)
 
 
@@ -52,4 +53,5 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", help="kernel backend: auto, torch, triton")
     p.add_argument("--layout", default="auto", choices=tuple(LAYOUTS))
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per collective")
+    p.add_argument("--quantization", default="none", choices=("none", "int8"))
     return p

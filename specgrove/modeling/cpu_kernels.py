@@ -1,0 +1,47 @@
+"""Route a loaded model's linear layers through the C++ CPU kernels (``kernels/cpu_linear.py``):
+bfloat16 weights as they are, or weight-only int8 (``quantization="int8"``).
+
+Applied once after loading, when the kernel backend is ``cpu`` and the model runs in bfloat16
+with the weights in the checkpoint's [out, in] layout. Each linear gets a ``kernel`` object its
+forward calls instead of the dense matmul; int8 replaces the float weight by its int8 copy and
+per-channel scales (the LM head of a tied model keeps the float matrix, which the embedding
+lookup still reads).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from specgrove.modeling.parallel import ColumnParallelLinear, ParallelLMHead, RowParallelLinear
+
+QUANTIZATIONS = ("none", "int8")
+_LINEARS = (ColumnParallelLinear, RowParallelLinear, ParallelLMHead)
+
+
+def use_cpu_linears(model: nn.Module, quantization: str = "none") -> int:
+    """Give every fitting linear of ``model`` a CPU kernel; returns how many got one."""
+    from kernels.cpu_linear import Bf16Linear, Int8Linear, available, fits
+
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}; choose one of {QUANTIZATIONS}")
+    if not available():
+        if quantization == "int8":
+            raise RuntimeError("int8 weights need the CPU kernels (a CPU with AVX512_BF16 and a C++ compiler)")
+        return 0
+    shared = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) or type(m).__name__ ==
+              "VocabParallelEmbedding" for p in m.parameters()}
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, _LINEARS) or getattr(module, "transposed", False):
+            continue
+        weight = module.weight  # [out, in]
+        if weight.dtype != torch.bfloat16 or not fits(weight.shape[1], weight.shape[0]):
+            continue
+        if quantization == "int8":
+            module.kernel = Int8Linear(weight)
+            if id(weight) not in shared:  # free the float copy
+                module.weight = nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=False)
+        else:
+            module.kernel = Bf16Linear(weight)
+        count += 1
+    return count
