@@ -32,7 +32,7 @@ from draft_service.training import data, prompts
 from draft_service.training.evaluate import acceptance
 from draft_service.training.train import TrainConfig, train
 
-GENERATION_SHARE = 0.5  # of max_minutes, for stages 1-2
+GENERATION_SHARE = 0.45  # of max_minutes, for stages 1-2
 TRAINING_SHARE = 0.92  # cumulative: training ends by then; evaluation takes the rest
 
 
@@ -51,7 +51,7 @@ class DistillConfig:
     eval_tree: str = "8:4"
     eval_max_new_tokens: int = 96
     batch: int = 48  # sequences per decoding step while generating
-    dtype: str = "float32"
+    dtype: str = "auto"
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -5,8 +5,9 @@ and token t, and learns the target's distribution of token t + 1 (its top-k, ren
 the draft vocabulary). With ``ttt_steps > 1`` the head is also trained on its own outputs
 (EAGLE-3's training-time test, ``EagleHead.forward_train``), step s weighted ``decay ** s``.
 Only response tokens count in the loss; prompt tokens are context. AdamW with warm-up and
-cosine decay; a checkpoint (head, optimiser, step, data order) every ``checkpoint_every`` steps
-makes an interrupted run resume where it stopped.
+cosine decay over the steps the time budget allows (measured after the first steps); a
+checkpoint (head, optimiser, step, data order) every ``checkpoint_every`` steps makes an
+interrupted run resume where it stopped.
 """
 from __future__ import annotations
 
@@ -126,8 +127,14 @@ def train(head: EagleHead, data: Dataset, cfg: TrainConfig, checkpoint: Path, de
     stats = {"loss": float("nan"), "top1": float("nan")}
     first_loss = None
     head.train()
-    while step < cfg.steps and time.monotonic() < deadline:
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+    horizon, timed_from = cfg.steps, None  # the cosine schedule's length: what the time allows
+    while step < horizon and time.monotonic() < deadline:
+        if timed_from is None and step >= 5:
+            timed_from = (step, time.monotonic())
+        elif timed_from is not None and step == timed_from[0] + 20:
+            per_step = (time.monotonic() - timed_from[1]) / 20
+            horizon = min(cfg.steps, step + int((deadline - time.monotonic()) / per_step))
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / horizon)))
         for group in opt.param_groups:
             group["lr"] = lr
         batch = windows.batch(cfg.batch)

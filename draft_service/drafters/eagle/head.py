@@ -156,5 +156,7 @@ def save_head(head: EagleHead, directory) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     head.cfg.save(directory)
-    state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
+    # bfloat16 on disk (the head serves in the target's precision anyway): half the size.
+    state = {k: (v.detach().to(torch.bfloat16) if v.is_floating_point() and v.dtype != torch.float64
+                 else v.detach()).contiguous() for k, v in head.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
