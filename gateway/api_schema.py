@@ -19,11 +19,17 @@ from specgrove.errors import InvalidRequest
 from specgrove.types import SamplingParams, TargetInfo, TreeBudget
 
 
+INT32_MAX = 2**31 - 1
+MAX_TREE_FIELD = 4096
+
+
 class TreeSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    nodes: int = Field(8, ge=1)
-    depth: int = Field(4, ge=0)
-    top_k: int = Field(4, ge=1)
+    # Bounded by what one tree may hold (the target refuses more than its node limit anyway):
+    # values past int32 would not even fit the wire.
+    nodes: int = Field(8, ge=1, le=MAX_TREE_FIELD)
+    depth: int = Field(4, ge=0, le=MAX_TREE_FIELD)
+    top_k: int = Field(4, ge=1, le=MAX_TREE_FIELD)
 
 
 class SpeculationSpec(BaseModel):
@@ -43,7 +49,7 @@ class _Common(BaseModel):
     max_tokens: int | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=-1)
+    top_k: int = Field(0, ge=-1, le=INT32_MAX)
     n: int = Field(1, ge=1, le=1)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: Union[str, list[str], None] = None

@@ -117,8 +117,14 @@ def _validate(tokens: tuple[int, ...], parents: tuple[int, ...], scores) -> None
         seen.add((p, tokens[i]))
 
 
+MAX_SHAPE_DEPTH = 64  # depths of a static shape; no verifier takes trees anywhere near this
+MAX_SHAPE_WIDTH = 4096  # children per node
+
+
 def parse_branching(spec: str | Sequence[int]) -> tuple[int, ...]:
     """Parse a static tree shape like ``"4,2,2,1"`` (children per node at each depth)."""
+    if isinstance(spec, str) and len(spec) > 8 * MAX_SHAPE_DEPTH:
+        raise TreeError(f"bad tree shape: longer than {MAX_SHAPE_DEPTH} depths")
     if isinstance(spec, str):
         try:
             branching = tuple(int(x) for x in spec.replace(" ", "").split(",") if x)
@@ -128,6 +134,9 @@ def parse_branching(spec: str | Sequence[int]) -> tuple[int, ...]:
         branching = tuple(int(x) for x in spec)
     if any(b < 1 for b in branching):
         raise TreeError(f"bad tree shape {spec!r}: every depth needs at least one child")
+    if len(branching) > MAX_SHAPE_DEPTH or any(b > MAX_SHAPE_WIDTH for b in branching):
+        raise TreeError(f"bad tree shape: at most {MAX_SHAPE_DEPTH} depths of at most "
+                        f"{MAX_SHAPE_WIDTH} children")
     return branching
 
 

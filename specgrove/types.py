@@ -38,8 +38,8 @@ class SamplingParams:
             raise InvalidRequest("temperature", f"must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidRequest("top_p", f"must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise InvalidRequest("top_k", f"must be >= 0, got {self.top_k}")
+        if not 0 <= self.top_k < 2**31:
+            raise InvalidRequest("top_k", f"must be in [0, 2^31), got {self.top_k}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise InvalidRequest("seed", f"must be in [0, 2^63), got {self.seed}")
 

@@ -67,6 +67,8 @@ class TargetEngine:
 
     def prefill(self, requests: Sequence[PrefillRequest]) -> list[PrefillResult]:
         """Compute prompt KV for a batch and sample each sequence's first (pending) token."""
+        if not requests:
+            return []
         self._check_prefill(requests)
         bm = self.runner.blocks
         need = sum(bm.blocks_for(len(r.prompt_ids)) for r in requests)
@@ -95,6 +97,8 @@ class TargetEngine:
 
     def verify(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         """One forward over every node of every tree; accept, commit, return tokens."""
+        if not items:
+            return []
         self._check_verify(items)
         bm = self.runner.blocks
         forward = []

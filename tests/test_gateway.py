@@ -261,3 +261,25 @@ def test_rest_grpc_and_specgrove_generate_agree_on_a_seeded_request(stack, tiny_
     assert rest["choices"][0]["text"] == cli["text"]
     assert rest["usage"]["completion_tokens"] == len(cli["token_ids"])
     assert asyncio.run(via_grpc()) == cli["token_ids"]
+
+
+EXTREME = [
+    ({"temperature": 1e-300}, 200), ({"temperature": 1e-45, "top_p": 1e-320}, 200),
+    ({"top_p": 1e-320}, 200), ({"top_k": 3_000_000_000}, 400),
+    ({"speculation": {"tree": {"nodes": 8, "depth": 3, "top_k": 3_000_000_000}}}, 400),
+    ({"speculation": {"tree": ",".join(["1"] * 20000)}}, 400),
+]
+
+
+@pytest.mark.parametrize("extra,status", EXTREME, ids=[str(e)[:40] for e, _ in EXTREME])
+def test_extreme_sampling_values_are_served_or_refused_cleanly(stack, extra, status):
+    """Tiny temperatures decode greedily (below 1e-5), tiny top_p keeps the top token; values
+    beyond the wire types are a 400 naming the field. The server keeps serving."""
+    body = {"model": stack["model"], "prompt": "the quick brown fox", "max_tokens": 6, **extra}
+    r = httpx.post(stack["http"] + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    if status == 200:
+        greedy = httpx.post(stack["http"] + "/v1/completions", timeout=60, json={
+            "model": stack["model"], "prompt": "the quick brown fox", "max_tokens": 6, "temperature": 0})
+        assert r.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
+    assert httpx.get(stack["http"] + "/health", timeout=10).status_code == 200

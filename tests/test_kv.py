@@ -89,3 +89,10 @@ def test_exhausted_verify_rolls_back_and_keeps_serving(tiny_dirs):
     assert engine.runner.blocks.num_free_blocks == free
     res = engine.verify([VerifyItem(1, TokenTree.root_only(a))])[0]
     assert len(res.new_tokens) == 1
+
+
+def test_empty_batches_are_no_ops(tiny_dirs):
+    engine = target_engine(tiny_dirs["llama"])
+    free = engine.runner.blocks.num_free_blocks
+    assert engine.prefill([]) == [] and engine.verify([]) == []
+    assert engine.runner.blocks.num_free_blocks == free

@@ -150,7 +150,8 @@ def up(**opts) -> None:
 @click.option("--target", default="smollm2-135m-instruct", show_default=True, help="The target model.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Where to write the head.")
 @click.option("--work", default=None, type=click.Path(file_okay=False),
-              help="Work directory (data, checkpoints); a rerun resumes from it [OUT.work].")
+              help="Work directory (data, checkpoints); a rerun resumes from it "
+                   "[~/.cache/specgrove/distill/<OUT's name>].")
 @click.option("--max-minutes", default=85.0, show_default=True, type=float, help="Budget for the whole run.")
 @click.option("--prompts", default=4000, show_default=True, type=int, help="Prompts to answer at most.")
 @click.option("--max-new-tokens", default=192, show_default=True, type=int, help="Per response.")

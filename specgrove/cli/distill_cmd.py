@@ -13,10 +13,15 @@ def run_distill_command(target: str, out: str, work: str | None, max_minutes: fl
     from draft_service.training.distill import DistillConfig, run_distill
     from draft_service.training.train import TrainConfig
 
+    from pathlib import Path
+
+    from specgrove.model_paths import cache_dir
+
     torch.manual_seed(seed)
+    work = work or str(cache_dir() / "distill" / Path(out).resolve().name)
     layers = tuple(int(x) for x in feature_layers.split(",") if x.strip())
     cfg = DistillConfig(
-        target=target, out=out, work=work or f"{out}.work", max_minutes=max_minutes, prompts=prompts,
+        target=target, out=out, work=work, max_minutes=max_minutes, prompts=prompts,
         max_new_tokens=max_new_tokens, feature_layers=layers, draft_vocab=draft_vocab, dtype=dtype,
         seed=seed, train=TrainConfig(steps=steps, batch=train_batch, window=window, lr=lr,
                                      ttt_steps=ttt_steps, seed=seed))
