@@ -71,6 +71,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         await self.state.admit()
+        if request.HasField("speculation"):
+            await self.state.know_drafter(request.speculation.drafter)
         try:
             job = self._submit(request)
         except InvalidRequest as exc:

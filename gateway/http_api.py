@@ -101,6 +101,7 @@ async def _generate(state: GatewayState, request: Request, model_cls):
             return error(400, f"unknown model {req.model!r}; this server serves {state.model_id!r}",
                          "model", "model_not_found")
         ids = prompt_ids_of(req, state.codec)
+        await state.know_drafter(req.speculation.drafter if req.speculation else None)
         default_max = state.cfg.default_max_tokens if model_cls is CompletionRequest else None
         spec = job_spec(req, ids, state.info, state.cfg.default_budget, state.drafters, default_max)
         chat = model_cls is ChatRequest

@@ -65,6 +65,12 @@ class GatewayState:
         self.default_drafter = next((d.name for d in infos if d.is_default), "")
         self.orchestrator.proposer.use_drafters(infos)
 
+    async def know_drafter(self, name: str | None) -> None:
+        """A drafter name not seen yet may have been loaded on the draft service directly:
+        ask it again before refusing the name (the list is refreshed, never guessed)."""
+        if name and name != "none" and name not in self.drafters:
+            await self.refresh_drafters()
+
     @property
     def tracing(self) -> bool:
         return self.observer.tracer is not None

@@ -283,3 +283,18 @@ def test_extreme_sampling_values_are_served_or_refused_cleanly(stack, extra, sta
             "model": stack["model"], "prompt": "the quick brown fox", "max_tokens": 6, "temperature": 0})
         assert r.json()["choices"][0]["text"] == greedy.json()["choices"][0]["text"]
     assert httpx.get(stack["http"] + "/health", timeout=10).status_code == 200
+
+
+def test_a_drafter_loaded_on_the_draft_service_directly_is_usable_at_once(stack):
+    from specgrove.clients import DraftClient
+
+    async def load():
+        async with DraftClient(stack["gw"].state.draft.address) as d:
+            await d.load_drafter("lookup5", "ngram:5")
+
+    asyncio.run(load())
+    r = httpx.post(stack["http"] + "/v1/completions", timeout=60, json={
+        "model": stack["model"], "prompt": "fox fox fox", "max_tokens": 6, "temperature": 0,
+        "speculation": {"drafter": "lookup5"}})
+    assert r.status_code == 200, r.text
+    assert r.json()["specgrove"]["drafter"] == "lookup5"
