@@ -31,6 +31,7 @@ from benchmarks.common import HERE, chat_ids, load_prompts, local_ports, meta, s
 from gateway.job import JobSpec
 from gateway.offline import complete
 from specgrove.clients import DraftClient, TargetClient
+from specgrove.tree import TokenTree
 from specgrove.types import PrefillRequest, ProposeRequest, SamplingParams, TreeBudget, VerifyItem
 
 BUDGETS = {"plain": TreeBudget.off(), "ngram": TreeBudget(max_nodes=8, max_depth=6)}
@@ -66,6 +67,29 @@ async def loop_steps(target, draft, prompts, budget: TreeBudget, steps: int) -> 
     return metrics.step_samples
 
 
+async def feature_cost(t: TargetClient, prompts, steps: int, layers=(2, 15, 29)) -> dict:
+    """Per Verify of plain decoding over gRPC: time and response bytes with the target
+    returning features at ``layers`` for every sequence (what an EAGLE drafter needs) and
+    without. Direct client calls: the cost of the payload, nothing else."""
+    out = {}
+    for name, asked in (("without", ()), ("with", tuple(layers))):
+        base = 700_000 if asked else 600_000
+        firsts = await t.prefill([PrefillRequest(base + i, tuple(p), feature_layers=asked)
+                                  for i, p in enumerate(prompts)])
+        pending = {r.seq_id: r.first_token for r in firsts}
+        times, sizes = [], []
+        for _ in range(steps):
+            items = [VerifyItem(s, TokenTree.root_only(tok)) for s, tok in pending.items()]
+            start = time.perf_counter()
+            results = await t.verify(items)
+            times.append(time.perf_counter() - start)
+            sizes.append(sum(len(r.to_pb().SerializeToString()) for r in results))
+            pending = {r.seq_id: r.bonus_token for r in results}
+        await t.release(list(pending))
+        out[name] = {"verify_ms": 1e3 * statistics.median(times[2:]), "bytes": statistics.median(sizes)}
+    return out
+
+
 async def wait_serving(address: str, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     async with grpc.aio.insecure_channel(address) as ch:
@@ -81,10 +105,10 @@ async def wait_serving(address: str, timeout_s: float = 300) -> None:
     raise TimeoutError(f"{address} did not become healthy")
 
 
-def start_services(model: str, tport: int, dport: int) -> list[subprocess.Popen]:
+def start_services(model: str, dtype: str, tport: int, dport: int) -> list[subprocess.Popen]:
     exe = [sys.executable, "-m", "specgrove.cli"]
     return [
-        subprocess.Popen(exe + ["target", "--target", model, "--port", str(tport)]),
+        subprocess.Popen(exe + ["target", "--target", model, "--port", str(tport), "--dtype", dtype]),
         subprocess.Popen(exe + ["draft", "--target-vocab-from", model, "--drafter", "ngram=ngram",
                                 "--port", str(dport)]),
     ]
@@ -99,6 +123,8 @@ async def measure_grpc(args, work: dict) -> dict:
         for (batch, name), prompts in work.items():
             await loop_steps(t, d, prompts, BUDGETS[name], 3)  # warm-up
             out[(batch, name)] = await loop_steps(t, d, prompts, BUDGETS[name], args.steps)
+        for batch in sorted({b for b, _ in work}):
+            out[(batch, "features")] = await feature_cost(t, work[(batch, "plain")], args.steps)
     return out
 
 
@@ -108,16 +134,17 @@ def main() -> None:
     ap.add_argument("--prompts", default=str(HERE / "prompts.jsonl"))
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--target-port", type=int, default=50151)
     ap.add_argument("--draft-port", type=int, default=50152)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    target, draft, codec = local_ports(args.model, "float32", kv_blocks=2048)
+    target, draft, codec = local_ports(args.model, args.dtype, kv_blocks=2048)
     rows_in = load_prompts(args.prompts)
     batches = [int(b) for b in args.batches.split(",")]
     work = {(b, n): [chat_ids(codec, rows_in[i % len(rows_in)]["prompt"]) for i in range(b)]
             for b in batches for n in BUDGETS}
-    procs = start_services(args.model, args.target_port, args.draft_port)
+    procs = start_services(args.model, args.dtype, args.target_port, args.draft_port)
     try:
         remote = asyncio.run(measure_grpc(args, work))
     finally:
@@ -126,6 +153,13 @@ def main() -> None:
         for p in procs:
             p.wait(30)
     rows = []
+    for batch in batches:
+        f = remote[(batch, "features")]
+        rows.append({"batch": batch, "mode": "features (3 layers) over gRPC", **{
+            f"{k}_{m}": v for k, r in f.items() for m, v in r.items()}})
+        print(f"batch {batch:2d} verify over gRPC without features {f['without']['verify_ms']:6.1f} ms "
+              f"({f['without']['bytes']:.0f} B), with {f['with']['verify_ms']:6.1f} ms ({f['with']['bytes']:.0f} B)",
+              flush=True)
     for (batch, name), prompts in work.items():
         budget = BUDGETS[name]
         engine_steps(target, draft, prompts, budget, 3)  # warm-up
@@ -138,7 +172,7 @@ def main() -> None:
               f"({100 * (lm - em) / em:+.1f}%)  gRPC {rm:6.1f} ms ({100 * (rm - lm) / lm:+.1f}% split)",
               flush=True)
     if args.out:
-        info = meta(model=args.model, dtype="float32", steps=args.steps, prompts=args.prompts)
+        info = meta(model=args.model, dtype=args.dtype, steps=args.steps, prompts=args.prompts)
         Path(args.out).write_text(json.dumps({"meta": info, "rows": rows}, indent=2))
 
 
