@@ -5,8 +5,9 @@
    one seed per prompt), until the prompts or the time run out.
 2. ``capture``: one teacher-forced forward of every prompt + response through the target's own
    runner (prefill speed, ~20x decoding) records, per token, the hidden states at the feature
-   layers -- exactly what ``Verify`` returns in service -- and the top-k of the target's
-   distribution (soft labels). Stored as memory-mapped arrays in the work directory.
+   layers -- exactly what ``Verify`` returns in service -- and, for the response tokens (the
+   only ones the loss counts), the top-k of the target's distribution (soft labels). Stored as
+   memory-mapped arrays in the work directory.
 3. ``draft_vocabulary``: the most frequent response tokens (EAGLE-3's truncated vocabulary);
    ``d2t`` maps its entries back to target ids.
 """
@@ -118,17 +119,19 @@ def capture(runner: ModelRunner, samples: Sequence[Sample], layers: Sequence[int
         for i in group:
             runner.blocks.add_sequence(i)
             items.append(ForwardItem(i, samples[i].tokens, range(lengths[i]), all_logits=True, capture=True))
-        try:
-            out = runner.run(items, capture_layers=sorted(layers))
+        try:  # final hidden states of every row; the LM head runs below on response rows only
+            out = runner.run(items, capture_layers=sorted(layers), hidden_out=True)
         finally:
             for i in group:
                 runner.blocks.free(i)
-        for i, logits, hidden in zip(group, out.logits, out.features):
+        for i, hidden, feature in zip(group, out.logits, out.features):
             a, b = starts[i], starts[i + 1]
-            feats[a:b] = hidden.to(torch.bfloat16).view(torch.int16).cpu().numpy()
-            top = torch.topk(logits.float().softmax(-1), top_k, dim=-1)
-            ids[a:b] = top.indices.int().cpu().numpy()
-            probs[a:b] = top.values.half().cpu().numpy()
+            feats[a:b] = feature.to(torch.bfloat16).view(torch.int16).cpu().numpy()
+            first = max(0, len(samples[i].prompt_ids) - 1)  # the row that predicts the response
+            logits = runner.model.logits(hidden[first:]).float()
+            top = torch.topk(logits, top_k, dim=-1)  # top-k of p = exp(top logits - logsumexp)
+            ids[a + first:b] = top.indices.int().cpu().numpy()
+            probs[a + first:b] = (top.values - torch.logsumexp(logits, -1, keepdim=True)).exp().half().cpu().numpy()
         progress(sum(lengths[i] for i in group))
     for array in (feats, ids, probs):
         array.flush()
