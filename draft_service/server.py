@@ -33,6 +33,7 @@ class DraftServerConfig:
     port: int = 50052
     grace_s: float = 10.0
     telemetry: TelemetryConfig = TelemetryConfig()
+    service_token: str = ""  # callers must send it (``specgrove.auth``); "" = open
 
 
 def parse_drafter_option(text: str) -> tuple[str, str]:
@@ -48,7 +49,7 @@ class DraftServer(ServiceServer):
     telemetry_name = "specgrove-draft"
 
     def __init__(self, cfg: DraftServerConfig) -> None:
-        super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry)
+        super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry, cfg.service_token)
         self.cfg = cfg
         self.target = DraftTarget(cfg.target_vocab_from)
         self.thread, self.loader = EngineThread("draft-engine"), EngineThread("draft-loader")

@@ -9,6 +9,7 @@ With tracing on, a W3C ``traceparent`` header makes the request's span a child o
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -26,36 +27,38 @@ from gateway.job import Delta, Finished, Job
 from gateway.orchestrator import Overloaded
 from gateway.speculation import effective_speculation
 from gateway.state import GatewayState
+from specgrove.auth import bearer
 from specgrove.errors import InvalidRequest
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    """OpenAI's error object, for responses and for the last event of a failed stream."""
+    kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
+            499: "cancelled", 503: "service_unavailable"}.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 def error(status: int, message: str, param: str | None = None, code: str | None = None,
           headers: dict | None = None) -> JSONResponse:
-    kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
-            503: "service_unavailable"}.get(status, "server_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    if status == 429 or status == 503:  # OpenAI clients honour it when they retry
+        headers = {"Retry-After": "1", **(headers or {})}
+    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
 def create_app(state: GatewayState) -> FastAPI:
     app = FastAPI(title="specgrove gateway", docs_url=None, redoc_url=None)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if state.cfg.api_keys and request.url.path.startswith("/v1/"):
-            auth = request.headers.get("authorization", "")
-            if auth.removeprefix("Bearer ").strip() not in state.cfg.api_keys:
-                return error(401, "missing or invalid API key", code="invalid_api_key")
-        size = request.headers.get("content-length")
-        if size and size.isdigit() and int(size) > state.cfg.max_body_bytes:
-            return error(400, f"request body of {size} bytes exceeds the limit of "
-                              f"{state.cfg.max_body_bytes}", code="body_too_large")
-        return await call_next(request)
+    app.add_middleware(Guard, state=state)
 
     @app.get("/health")
     async def health():
+        """200 while the target serves (speculation is optional: the draft's state is shown,
+        not required); 503 while the target is down or the gateway drains."""
         ok = state.orchestrator.target_ok and not state.draining
-        return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+        body = {"status": "ok" if ok else "unavailable",
+                "target": "serving" if state.orchestrator.target_ok else "unavailable",
+                "draft": "serving" if state.draft_ok else "unavailable",
+                "draining": state.draining}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics():
@@ -78,10 +81,42 @@ def create_app(state: GatewayState) -> FastAPI:
     return app
 
 
+class Guard:
+    """API keys on /v1/ and the declared body size, checked before any handler runs. A plain ASGI
+    middleware: Starlette's ``BaseHTTPMiddleware`` would hide client disconnects from handlers."""
+
+    def __init__(self, app, state: GatewayState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            refused = self._refusal(scope["path"], headers)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, path: str, headers: dict[str, str]) -> JSONResponse | None:
+        if path.startswith("/v1/"):
+            why = self.state.auth.refusal(path, bearer(headers.get("authorization")))
+            if why is not None:
+                return error(401, why, code="invalid_api_key")
+        size, limit = headers.get("content-length", ""), self.state.cfg.max_body_bytes
+        if size.isdigit() and int(size) > limit:
+            return error(400, f"request body of {size} bytes exceeds the limit of {limit}",
+                         "body", "body_too_large")
+        return None
+
+
 async def _parse(request: Request, model_cls, limit: int):
-    raw = await request.body()
-    if len(raw) > limit:
-        raise InvalidRequest("body", f"request body of {len(raw)} bytes exceeds the limit of {limit}")
+    raw, size = [], 0
+    async for part in request.stream():  # counted as read: a chunked body has no Content-Length
+        size += len(part)
+        if size > limit:
+            raise InvalidRequest("body", f"request body of more than {limit} bytes exceeds the limit of {limit}")
+        raw.append(part)
+    raw = b"".join(raw)
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -117,7 +152,21 @@ async def _generate(state: GatewayState, request: Request, model_cls):
     if req.stream:
         usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(state, job, rid, chat, usage), media_type="text/event-stream")
-    return await _whole(state, job, rid, chat)
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+    try:
+        return await _whole(state, job, rid, chat)
+    finally:
+        watcher.cancel()
+
+
+async def _cancel_on_disconnect(request: Request, job: Job, every_s: float = 0.25) -> None:
+    """A non-streamed handler is not cancelled when its client goes away: watch for the
+    disconnect, and cancel the job so it leaves the batch at the next step."""
+    while not job.done:
+        if await request.is_disconnected():
+            job.cancel()
+            return
+        await asyncio.sleep(every_s)
 
 
 def _stats(state: GatewayState, job: Job) -> dict:
@@ -188,7 +237,7 @@ async def _sse(state: GatewayState, job: Job, rid: str, chat: bool, include_usag
                     yield chunk([], usage=_usage(job))
                 break
             else:
-                yield f"data: {json.dumps({'error': {'message': ev.message, 'type': 'server_error', 'code': ev.status}})}\n\n"
+                yield f"data: {json.dumps(error_body(ev.status, ev.message, code=str(ev.status)))}\n\n"
                 break
         yield "data: [DONE]\n\n"
     finally:

@@ -66,19 +66,22 @@ class GatewayServer:
         self.telemetry = Telemetry.off()
         self.http_port = self.grpc_port = 0
         self._http_task: asyncio.Task | None = None
+        self._health_task: asyncio.Task | None = None
         self._stopped = False
 
     async def start(self, wait_s: float = 600.0) -> None:
         cfg = self.cfg
         self.telemetry = tel = start_telemetry(cfg.telemetry, "specgrove-gateway")
-        target = TargetClient(cfg.target, cfg.rpc_timeout_s, tel.client_interceptors())
-        draft = DraftClient(cfg.draft, cfg.rpc_timeout_s, tel.client_interceptors())
+        token = cfg.service_token or None
+        target = TargetClient(cfg.target, cfg.rpc_timeout_s, tel.client_interceptors(), token)
+        draft = DraftClient(cfg.draft, cfg.rpc_timeout_s, tel.client_interceptors(), token)
         info = await wait_for_target(target, wait_s)
         codec = TextCodec(Path(cfg.model_dir) if cfg.model_dir else model_dir(info.model))
         self.state = state = GatewayState(cfg, target, draft, info, codec, tel.tracer)
         await state.refresh_drafters()
         state.orchestrator.start()
-        self.grpc = GrpcService([SERVICE_NAME], tel.server_interceptors())
+        self._health_task = asyncio.create_task(self._watch_health(), name="health-watch")
+        self.grpc = GrpcService([SERVICE_NAME], tel.server_interceptors(), state.auth)
         gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(state), self.grpc.server)
         self.grpc_port = await self.grpc.start(cfg.host, cfg.grpc_port)
         await self.grpc.set_serving()
@@ -97,6 +100,19 @@ class GatewayServer:
         log.info("gateway serving %s: http://%s:%d  grpc %s:%d", info.model, cfg.host,
                  self.http_port, cfg.host, self.grpc_port)
 
+    async def _watch_health(self) -> None:
+        """Follow the services' ``grpc.health.v1`` every ``health_poll_s``: ``/health`` turns 503
+        soon after the target dies and 200 soon after it serves again, with no request needed;
+        the draft's state is reported, never failed on (speculation is optional)."""
+        state = self.state
+        while True:
+            target_ok, draft_ok = await asyncio.gather(state.target.serving(), state.draft.serving())
+            state.orchestrator.target_ok = target_ok
+            if draft_ok and not state.draft_ok:
+                await state.refresh_drafters()  # a restarted draft service: learn its drafters
+            state.draft_ok = draft_ok
+            await asyncio.sleep(self.cfg.health_poll_s)
+
     async def stop(self, grace_s: float | None = None) -> None:
         if self._stopped:
             return
@@ -104,6 +120,8 @@ class GatewayServer:
         grace = self.cfg.grace_s if grace_s is None else grace_s
         if self.state is not None:
             await self.state.drain(grace)
+        if self._health_task is not None:
+            self._health_task.cancel()
         if self.http is not None:
             self.http.should_exit = True
             await asyncio.gather(self._http_task, return_exceptions=True)

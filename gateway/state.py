@@ -12,10 +12,14 @@ from gateway.metrics import GatewayMetrics
 from gateway.observe import Observer
 from gateway.orchestrator import Orchestrator, Overloaded, SchedulerConfig
 from gateway.text import TextCodec
+from specgrove.auth import KeyPolicy
 from specgrove.errors import ServiceError
 from specgrove.ports import DraftPort, TargetPort
 from specgrove.telemetry import TelemetryConfig
 from specgrove.types import TargetInfo, TreeBudget
+
+
+ADMIN_METHODS = ("/specgrove.v1.Gateway/LoadDrafter", "/specgrove.v1.Gateway/UnloadDrafter")
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,14 @@ class GatewayConfig:
     default_budget: TreeBudget = field(default_factory=lambda: TreeBudget(max_nodes=8, max_depth=4))
     default_max_tokens: int = 16  # /v1/completions without max_tokens (OpenAI's default)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = ()  # REST and gRPC callers must send one (none = open)
+    admin_keys: tuple[str, ...] = ()  # required for loading / unloading drafters when given
+    service_token: str = ""  # sent to the target and draft services
     max_requests_per_second: int = 0  # admission rate limit (0 = none); excess requests wait
     max_body_bytes: int = 1 << 20
     rpc_timeout_s: float = 30.0
     grace_s: float = 30.0
+    health_poll_s: float = 0.5  # how often the services' gRPC health is checked
     telemetry: TelemetryConfig = TelemetryConfig()
 
 
@@ -49,8 +56,10 @@ class GatewayState:
         self.drafters: set[str] = set()
         self.default_drafter = ""
         self.draining = False
+        self.draft_ok = True  # the draft service's gRPC health, as last polled
         rate = cfg.max_requests_per_second
         self.throttle = Throttler(rate_limit=rate, period=1.0) if rate > 0 else None
+        self.auth = KeyPolicy(cfg.api_keys, cfg.admin_keys, ADMIN_METHODS)
 
     @property
     def model_id(self) -> str:

@@ -3,7 +3,8 @@
 Dataclasses in, dataclasses out (``specgrove.ports``). Every call carries a deadline
 (``timeout_s``); a failed call raises the ``specgrove.errors`` class of its status code
 (``Unavailable`` for an unreachable service or a missed deadline), the same errors the
-in-process ports raise. ``interceptors`` (e.g. ``Telemetry.client_interceptors()``) wrap every
+in-process ports raise. ``token`` is sent as ``authorization: Bearer`` metadata (the services'
+shared token, ``specgrove.auth``). ``interceptors`` (e.g. ``Telemetry.client_interceptors()``) wrap every
 call on the channel.
 """
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from specgrove.auth import call_metadata
 from specgrove.errors import from_status
 from specgrove.pb.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from specgrove.service import SERVER_OPTIONS
@@ -29,18 +32,35 @@ from specgrove.types import (
 )
 
 
+# A restarted service is found again within ~2 s (gRPC's default backoff grows to 120 s).
+CHANNEL_OPTIONS = SERVER_OPTIONS + (("grpc.initial_reconnect_backoff_ms", 500),
+                                    ("grpc.max_reconnect_backoff_ms", 2000))
+
+
 class _Client:
-    def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = ()) -> None:
+    def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = (),
+                 token: str | None = None) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self.channel = grpc.aio.insecure_channel(address, options=SERVER_OPTIONS,
+        self.metadata = call_metadata(token)  # the service token on every call
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS,
                                                  interceptors=list(interceptors) or None)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def _call(self, method, request, timeout_s: float | None = None):
         try:
-            return await method(request, timeout=timeout_s or self.timeout_s)
+            return await method(request, timeout=timeout_s or self.timeout_s, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             raise from_status(exc.code().name, exc.details() or "") from exc
+
+    async def serving(self, timeout_s: float = 1.0) -> bool:
+        """Whether the service reports SERVING on ``grpc.health.v1`` (answered by the gRPC
+        server itself, so a busy engine does not make a healthy service look down)."""
+        try:
+            resp = await self.health.Check(health_pb2.HealthCheckRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return resp.status == health_pb2.HealthCheckResponse.SERVING
 
     async def close(self) -> None:
         await self.channel.close()
@@ -53,8 +73,9 @@ class _Client:
 
 
 class TargetClient(_Client):
-    def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = ()) -> None:
-        super().__init__(address, timeout_s, interceptors)
+    def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = (),
+                 token: str | None = None) -> None:
+        super().__init__(address, timeout_s, interceptors, token)
         self.stub = target_pb2_grpc.TargetServiceStub(self.channel)
         self.free_blocks: int | None = None  # as of the last reply that reported it
 
@@ -83,8 +104,9 @@ class TargetClient(_Client):
 
 
 class DraftClient(_Client):
-    def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = ()) -> None:
-        super().__init__(address, timeout_s, interceptors)
+    def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = (),
+                 token: str | None = None) -> None:
+        super().__init__(address, timeout_s, interceptors, token)
         self.stub = draft_pb2_grpc.DraftServiceStub(self.channel)
 
     async def info(self) -> DraftInfo:

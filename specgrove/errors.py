@@ -45,6 +45,12 @@ class ResourceExhausted(ServiceError):
     code = "RESOURCE_EXHAUSTED"
 
 
+class Unauthenticated(ServiceError):
+    """The caller did not present a token the service accepts (``specgrove.auth``)."""
+
+    code = "UNAUTHENTICATED"
+
+
 class Unavailable(ServiceError):
     """The service cannot answer now: loading, down, unreachable, or past the deadline."""
 
@@ -59,6 +65,8 @@ def from_status(code_name: str, message: str) -> ServiceError:
         return UnknownSequence(message)
     if code_name == "RESOURCE_EXHAUSTED":
         return ResourceExhausted(message)
+    if code_name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return Unauthenticated(f"{message or code_name} (check --service-token / SPECGROVE_SERVICE_TOKEN)")
     if code_name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "ABORTED"):
         return Unavailable(message or code_name)
     return ServiceError(message or code_name)

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from specgrove import telemetry
+from specgrove.auth import BearerAuthInterceptor, KeyPolicy
 from specgrove.errors import ServiceError, Unavailable
 from specgrove.tree import TreeError
 
@@ -82,10 +83,14 @@ def rpc(method: Callable[..., Awaitable]):
 
 
 class GrpcService:
-    """A grpc.aio server with health (NOT_SERVING until ready) and reflection."""
+    """A grpc.aio server with health (NOT_SERVING until ready), reflection, and bearer-token
+    authentication when ``auth`` holds keys (``specgrove.auth``)."""
 
-    def __init__(self, service_names: Iterable[str], interceptors: Iterable = ()) -> None:
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors) or None)
+    def __init__(self, service_names: Iterable[str], interceptors: Iterable = (),
+                 auth: KeyPolicy | None = None) -> None:
+        # Authentication first: a refused call never reaches tracing or the servicer.
+        chain = ([BearerAuthInterceptor(auth)] if auth is not None and auth.enabled else []) + list(interceptors)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=chain or None)
         self.names = list(service_names)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -1,7 +1,7 @@
 """The lifecycle the target and draft services share.
 
 Listen at once with health NOT_SERVING, load (model, drafters) off the event loop, report
-SERVING; on SIGTERM / SIGINT report NOT_SERVING and let calls in flight finish within the grace
+SERVING; with a service token, refuse callers that do not hold it; on SIGTERM / SIGINT report NOT_SERVING and let calls in flight finish within the grace
 period; on a fatal error (``ServiceDown``: e.g. a tensor-parallel rank died) say so, stop, and
 make ``serve_forever`` raise it so the process exits non-zero. Subclasses say what to register,
 how to load and what to close.
@@ -13,6 +13,7 @@ import logging
 
 import grpc
 
+from specgrove.auth import KeyPolicy
 from specgrove.service import GrpcService, run_until_signal
 from specgrove.telemetry import Telemetry, TelemetryConfig, start_telemetry
 
@@ -23,8 +24,10 @@ class ServiceServer:
     service_name = ""  # full proto service name, for health and reflection
     telemetry_name = ""  # OpenTelemetry service.name default
 
-    def __init__(self, host: str, port: int, grace_s: float, telemetry: TelemetryConfig) -> None:
+    def __init__(self, host: str, port: int, grace_s: float, telemetry: TelemetryConfig,
+                 service_token: str = "") -> None:
         self.host, self.requested_port, self.grace_s = host, port, grace_s
+        self.auth = KeyPolicy((service_token,))  # open when no token is set
         self.telemetry_cfg = telemetry
         self.telemetry = Telemetry.off()
         self.grpc: GrpcService | None = None
@@ -47,7 +50,7 @@ class ServiceServer:
         """Listen (NOT_SERVING) and start loading; returns the bound port."""
         self.telemetry = start_telemetry(self.telemetry_cfg, self.telemetry_name)
         # grpc.aio servers bind to the running loop: created here, not in __init__.
-        self.grpc = GrpcService([self.service_name], self.telemetry.server_interceptors())
+        self.grpc = GrpcService([self.service_name], self.telemetry.server_interceptors(), self.auth)
         self._register(self.grpc.server)
         self.port = await self.grpc.start(self.host, self.requested_port)
         self._loaded = asyncio.ensure_future(self._load_then_serve())

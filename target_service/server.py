@@ -35,6 +35,7 @@ class TargetServerConfig:
     telemetry: TelemetryConfig = TelemetryConfig()
     tp: int = 1  # tensor-parallel ranks (this process is rank 0)
     tp_timeout_s: float = 120.0
+    service_token: str = ""  # callers must send it (``specgrove.auth``); "" = open
 
 
 def build_engine(cfg: TargetServerConfig) -> TargetEngine:
@@ -46,7 +47,7 @@ class TargetServer(ServiceServer):
     telemetry_name = "specgrove-target"
 
     def __init__(self, cfg: TargetServerConfig) -> None:
-        super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry)
+        super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry, cfg.service_token)
         self.cfg = cfg
         self.thread = EngineThread("target-engine")
         self.servicer = TargetServicer()

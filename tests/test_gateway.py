@@ -166,6 +166,35 @@ def test_disconnect_mid_stream_frees_kv(stack):
     assert stack["gw"].state.orchestrator.idle
 
 
+def test_a_chunked_body_over_the_limit_is_refused_by_what_was_read(stack):
+    def body():  # no Content-Length: chunked transfer encoding
+        yield b'{"model": "m", "prompt": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}'
+
+    r = httpx.post(stack["http"] + "/v1/completions", content=body(), timeout=30,
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "exceeds the limit" in r.json()["error"]["message"]
+
+
+def test_disconnect_of_a_non_streamed_request_cancels_it(stack):
+    _wait_idle(stack)
+    baseline = _free_blocks(stack)
+    orch = stack["gw"].state.orchestrator
+    body = {"model": stack["model"], "prompt": "fox", "max_tokens": 480, "temperature": 0.7,
+            "ignore_eos": True, "speculation": {"drafter": "small"}}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(stack["http"] + "/v1/completions", json=body, timeout=httpx.Timeout(30, read=1.0))
+    job = orch.running[0] if orch.running else None
+    deadline = time.monotonic() + 10
+    while not orch.idle and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert orch.idle and _free_blocks(stack) == baseline
+    if job is not None:  # caught while running: it stopped early, not after 480 tokens
+        assert job.done and len(job.tokens) < 480
+
+
 BAD = [
     ("not json", "malformed JSON"),
     (json.dumps([1, 2]), "JSON object"),
@@ -207,7 +236,8 @@ def test_chat_bad_messages(stack):
 
 
 def test_health(stack):
-    assert httpx.get(stack["http"] + "/health", timeout=10).json() == {"status": "ok"}
+    assert httpx.get(stack["http"] + "/health", timeout=10).json() == {
+        "status": "ok", "target": "serving", "draft": "serving", "draining": False}
 
 
 def test_gateway_imports_without_torch():

@@ -76,6 +76,7 @@ def generate(**opts) -> None:
               help="Tensor-parallel ranks; this process is rank 0 and starts the others "
                    "(under torchrun: WORLD_SIZE ranks, each running this command).")
 @serve_cmds.model_options
+@serve_cmds.service_token_option
 @serve_cmds.tracing_options
 def target(**opts) -> None:
     """Run the target service (gRPC): prefill, batched tree verification, release."""
@@ -91,6 +92,7 @@ def target(**opts) -> None:
 @click.option("--default", default="", help="The default drafter [the first one].")
 @click.option("--port", default=50052, show_default=True, type=int)
 @serve_cmds.model_options
+@serve_cmds.service_token_option
 @serve_cmds.tracing_options
 def draft(**opts) -> None:
     """Run the draft service (gRPC): a hot-swappable registry of drafters."""
@@ -104,7 +106,12 @@ def draft(**opts) -> None:
 @click.option("--port", default=8000, show_default=True, type=int, help="REST (OpenAI) port.")
 @click.option("--grpc-port", default=50050, show_default=True, type=int, help="gRPC Gateway port.")
 @click.option("--tokenizer", default=None, help="Tokenizer directory [the target's model].")
-@click.option("--api-key", "api_keys", multiple=True, help="Require this Bearer key (repeatable).")
+@click.option("--api-key", "api_keys", multiple=True, envvar="SPECGROVE_API_KEYS", show_envvar=True,
+              help="Require this Bearer key on REST and gRPC (repeatable; the variable holds "
+                   "keys separated by spaces).")
+@click.option("--admin-key", "admin_keys", multiple=True, envvar="SPECGROVE_ADMIN_KEYS", show_envvar=True,
+              help="Require this key to load / unload drafters (repeatable) [any API key].")
+@serve_cmds.service_token_option
 @click.option("--max-batch", default=32, show_default=True, type=int, help="Sequences per step.")
 @click.option("--max-waiting", default=256, show_default=True, type=int, help="Queue before 429.")
 @click.option("--max-requests-per-second", default=0, show_default=True, type=int,
@@ -113,11 +120,13 @@ def draft(**opts) -> None:
               help="Skip the default speculation in steps where measured costs say it loses.")
 @click.option("--default-tree", default="8:4", show_default=True,
               help="Default speculation: NODES:DEPTH[:TOP_K] (dynamic) or a static shape 4,2,2,1.")
+@click.option("--drain-timeout", "grace_s", default=30.0, show_default=True, type=float,
+              help="On SIGTERM: seconds to let in-flight requests finish.")
 @click.option("--log-level", default="INFO", show_default=True)
 @serve_cmds.tracing_options
 def gateway(**opts) -> None:
     """Run the gateway: OpenAI REST + SSE and gRPC streaming over the draft/target services."""
-    opts["api_keys"] = tuple(opts["api_keys"])
+    opts["api_keys"], opts["admin_keys"] = tuple(opts["api_keys"]), tuple(opts["admin_keys"])
     _serve(serve_cmds.run_gateway, opts)
 
 
@@ -139,10 +148,19 @@ def gateway(**opts) -> None:
               help="All three services append trace spans to PATH (see `specgrove trace`).")
 @click.option("--otlp-endpoint", default=None, metavar="URL",
               help="All three services send trace spans to this OTLP collector.")
+@click.option("--api-key", "api_keys", multiple=True, envvar="SPECGROVE_API_KEYS", show_envvar=True,
+              help="Require this Bearer key on REST and gRPC (repeatable).")
+@click.option("--admin-key", "admin_keys", multiple=True, envvar="SPECGROVE_ADMIN_KEYS", show_envvar=True,
+              help="Require this key to load / unload drafters (repeatable) [any API key].")
+@click.option("--drain-timeout", "drain_timeout_s", default=30.0, show_default=True, type=float,
+              help="On SIGTERM: seconds the gateway lets in-flight requests finish before the "
+                   "services stop.")
 def up(**opts) -> None:
-    """Start target, draft and gateway together; Ctrl-C stops all three."""
+    """Start target, draft and gateway together and keep them running (a service that dies is
+    restarted); Ctrl-C / SIGTERM drains and stops all three."""
     from specgrove.cli.up_cmd import UpConfig, run_up
 
+    opts["api_keys"], opts["admin_keys"] = tuple(opts["api_keys"]), tuple(opts["admin_keys"])
     run_up(UpConfig(**opts))
 
 
@@ -156,7 +174,7 @@ def up(**opts) -> None:
 @click.option("--prompts", default=4000, show_default=True, type=int, help="Prompts to answer at most.")
 @click.option("--max-new-tokens", default=192, show_default=True, type=int, help="Per response.")
 @click.option("--feature-layers", default="", help="Target layers, e.g. 2,15,29 [low, middle, last].")
-@click.option("--draft-vocab", default=4096, show_default=True, type=int, help="Truncated vocabulary size.")
+@click.option("--draft-vocab", default=6144, show_default=True, type=int, help="Truncated vocabulary size.")
 @click.option("--steps", default=4000, show_default=True, type=int, help="Training steps at most.")
 @click.option("--batch", "train_batch", default=8, show_default=True, type=int, help="Training windows per step.")
 @click.option("--window", default=256, show_default=True, type=int, help="Tokens per training window.")

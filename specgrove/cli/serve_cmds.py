@@ -6,6 +6,7 @@ import logging
 
 import click
 
+from specgrove.auth import ENV_SERVICE_TOKEN
 from specgrove.config import DTYPES, QUANTIZATIONS, ModelRunConfig
 from specgrove.kv import KVCacheConfig
 from specgrove.telemetry import TelemetryConfig
@@ -42,6 +43,14 @@ TRACING_OPTIONS = [
 ]
 
 
+def service_token_option(fn):
+    """The token the target and draft services require of their callers (the gateway sends it)."""
+    return click.option("--service-token", default="", envvar=ENV_SERVICE_TOKEN, show_envvar=True,
+                        help="Shared token between gateway and services ('authorization: Bearer' "
+                             "metadata); prefer the environment variable, which `ps` does not show "
+                             "[none: the port is open to local processes].")(fn)
+
+
 def precision_options(fn):
     for opt in reversed(PRECISION_OPTIONS):
         fn = opt(fn)
@@ -71,7 +80,7 @@ def _run_config(model: str, o: dict) -> ModelRunConfig:
 
 
 def run_target(target: str, port: int, max_num_seqs: int, max_tree_nodes: int,
-               max_model_len: int | None, tp: int, **o) -> None:
+               max_model_len: int | None, tp: int, service_token: str, **o) -> None:
     from target_service.builder import build_runner
     from target_service.server import TargetServer, TargetServerConfig
     from target_service.local import TargetLimits
@@ -85,24 +94,25 @@ def run_target(target: str, port: int, max_num_seqs: int, max_tree_nodes: int,
         return
     cfg = TargetServerConfig(run, o["host"], port, TargetLimits(max_num_seqs, max_tree_nodes),
                              max_model_len, telemetry=_telemetry(o),
-                             tp=rank.world_size if rank is not None else tp)
+                             tp=rank.world_size if rank is not None else tp, service_token=service_token)
     asyncio.run(TargetServer(cfg).serve_forever())
 
 
-def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, port: int, **o) -> None:
+def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, port: int,
+              service_token: str, **o) -> None:
     from draft_service.server import DraftServer, DraftServerConfig, parse_drafter_option
 
     logging.basicConfig(level=o["log_level"], format="%(asctime)s %(name)s %(message)s")
     pairs = tuple(parse_drafter_option(d) for d in drafters) or (("ngram", "ngram"),)
     cfg = DraftServerConfig(target_vocab_from, pairs, default, _run_config("", o), o["host"], port,
-                            telemetry=_telemetry(o))
+                            telemetry=_telemetry(o), service_token=service_token)
     asyncio.run(DraftServer(cfg).serve_forever())
 
 
 def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, tokenizer: str | None,
-                api_keys: tuple[str, ...], max_batch: int, max_waiting: int, default_tree: str,
-                max_requests_per_second: int, adaptive_speculation: bool, log_level: str,
-                **tracing) -> None:
+                api_keys: tuple[str, ...], admin_keys: tuple[str, ...], service_token: str, max_batch: int, max_waiting: int, default_tree: str,
+                max_requests_per_second: int, adaptive_speculation: bool, grace_s: float,
+                log_level: str, **tracing) -> None:
     from gateway.orchestrator import SchedulerConfig
     from gateway.server import GatewayServer
     from gateway.state import GatewayConfig
@@ -113,7 +123,7 @@ def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, t
                         parse_tree_option(default_tree),
                         scheduler=SchedulerConfig(max_batch, max_waiting,
                                                   adaptive_speculation=adaptive_speculation),
-                        api_keys=api_keys,
-                        max_requests_per_second=max_requests_per_second,
+                        api_keys=api_keys, admin_keys=admin_keys, service_token=service_token,
+                        max_requests_per_second=max_requests_per_second, grace_s=grace_s,
                         telemetry=_telemetry(tracing))
     asyncio.run(GatewayServer(cfg).serve_forever())

@@ -1,15 +1,18 @@
 """``specgrove up``: target, draft and gateway as three processes, supervised together.
 
 Starts the target and draft services, waits until both report SERVING on ``grpc.health.v1``,
-starts the gateway, waits for its ``/health``, prints the URLs, and then watches: Ctrl-C /
-SIGTERM stops all three (SIGTERM, then SIGKILL after a grace period); if any one exits, the
-others are stopped too and ``up`` exits non-zero naming it. ``--trace-file`` / ``--otlp-endpoint``
+starts the gateway, waits for its ``/health``, prints the URLs, and then supervises: a child
+that dies is restarted with backoff while the other two keep serving. Ctrl-C / SIGTERM drains
+in order: the gateway finishes in-flight requests (``--drain-timeout``), then the draft and
+target services stop; exit code 0. The services authenticate the gateway with a random token
+made here for them (``specgrove.auth``); ``--api-key`` / ``--admin-key`` protect the public ports. ``--trace-file`` / ``--otlp-endpoint``
 go to all three services, each with its own service name, so one trace spans all three.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 import click
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from specgrove.auth import ENV_SERVICE_TOKEN
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class UpConfig:
     trace_file: str | None = None
     otlp_endpoint: str | None = None
     tp: int = 1
+    api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()
+    drain_timeout_s: float = 30.0  # the gateway's time to finish in-flight requests on SIGTERM
     startup_timeout_s: float = 900.0
     grace_s: float = 15.0
 
@@ -76,7 +84,8 @@ def _commands(cfg: UpConfig) -> dict[str, list[str]]:
         "gateway": cli + ["gateway", "--target", f"127.0.0.1:{cfg.target_port}",
                           "--draft", f"127.0.0.1:{cfg.draft_port}", "--host", cfg.host,
                           "--port", str(cfg.port), "--grpc-port", str(cfg.grpc_port),
-                          "--default-tree", cfg.default_tree, *_tracing(cfg, "gateway")],
+                          "--default-tree", cfg.default_tree, "--drain-timeout", str(cfg.drain_timeout_s),
+                          *_tracing(cfg, "gateway")],
     }
 
 
@@ -97,17 +106,46 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-class Supervisor:
-    def __init__(self, cfg: UpConfig) -> None:
-        self.cfg = cfg
-        self.procs: dict[str, subprocess.Popen] = {}
+@dataclass
+class Child:
+    """One supervised service process and its restart state."""
 
-    def start(self, name: str, cmd: list[str]) -> None:
-        self.procs[name] = subprocess.Popen(cmd)
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None  # when a dead child is due to start again
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, env=self.env)
+        self.started_at, self.restart_at = time.monotonic(), None
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+
+class Supervisor:
+    """Keeps the three services running: a child that dies is restarted with exponential
+    backoff (1 s doubling to ``max_backoff_s``; back to 1 s after ``stable_s`` of uptime) while
+    the others keep serving -- the gateway decodes without speculation while the draft service
+    is away and answers 503 while the target is. Stopping drains in dependency order."""
+
+    max_backoff_s = 30.0
+    stable_s = 60.0
+
+    def __init__(self, cfg: UpConfig, cmds: dict[str, list[str]], env: dict[str, dict[str, str]]) -> None:
+        self.cfg = cfg
+        self.children = {name: Child(name, cmd, env[name]) for name, cmd in cmds.items()}
+
+    def start(self, name: str) -> None:
+        self.children[name].start()
 
     def dead(self) -> str | None:
-        return next((f"{n} exited with code {p.returncode}" for n, p in self.procs.items()
-                     if p.poll() is not None), None)
+        return next((f"{c.name} exited with code {c.exit_code}" for c in self.children.values()
+                     if c.exit_code is not None), None)
 
     def wait_until(self, ready, what: str) -> None:
         deadline = time.monotonic() + self.cfg.startup_timeout_s
@@ -118,30 +156,68 @@ class Supervisor:
                 raise click.ClickException(f"timed out waiting for {what}")
             time.sleep(0.5)
 
+    def watch(self) -> None:
+        """One supervision pass: schedule the restart of dead children, restart those due."""
+        now = time.monotonic()
+        for c in self.children.values():
+            if c.proc is None or c.exit_code is None:
+                continue
+            if c.restart_at is None:
+                if now - c.started_at >= self.stable_s:
+                    c.restarts = 0
+                delay = min(self.max_backoff_s, 2.0 ** c.restarts)
+                c.restart_at = now + delay
+                click.echo(f"specgrove up: {c.name} exited with code {c.exit_code}; "
+                           f"restarting it in {delay:.0f}s", err=True)
+            elif now >= c.restart_at:
+                c.restarts += 1
+                c.start()
+
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.cfg.grace_s
-        for p in self.procs.values():
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        """The gateway first (it stops admitting and finishes in-flight requests within its
+        drain timeout), then the draft and target services; SIGKILL whatever outlives its grace."""
+        order = [["gateway"], ["draft", "target"]]
+        waits = [self.cfg.drain_timeout_s + self.cfg.grace_s, self.cfg.grace_s]
+        for names, wait_s in zip(order, waits):
+            procs = [c.proc for n in names if (c := self.children.get(n)) and c.proc is not None]
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + wait_s
+            for proc in procs:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def child_environments(cfg: UpConfig) -> dict[str, dict[str, str]]:
+    """Secrets travel in the environment, not in argv (which ``ps`` shows): the service token
+    (the user's, or a fresh random one only these three processes know) and the API keys."""
+    base = dict(os.environ)
+    base[ENV_SERVICE_TOKEN] = base.get(ENV_SERVICE_TOKEN) or secrets.token_urlsafe(32)
+    gateway = dict(base)
+    if cfg.api_keys:
+        gateway["SPECGROVE_API_KEYS"] = " ".join(cfg.api_keys)
+    if cfg.admin_keys:
+        gateway["SPECGROVE_ADMIN_KEYS"] = " ".join(cfg.admin_keys)
+    return {"target": base, "draft": base, "gateway": gateway}
 
 
 def run_up(cfg: UpConfig) -> None:
-    sup = Supervisor(cfg)
-    cmds = _commands(cfg)
+    for key in (*cfg.api_keys, *cfg.admin_keys):
+        if not key or any(ch.isspace() for ch in key):
+            raise click.BadParameter("API and admin keys must be non-empty and contain no spaces")
+    sup = Supervisor(cfg, _commands(cfg), child_environments(cfg))
     stop_requested = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     try:
-        sup.start("target", cmds["target"])
-        sup.start("draft", cmds["draft"])
+        sup.start("target")
+        sup.start("draft")
         for name, port in (("target", cfg.target_port), ("draft", cfg.draft_port)):
             sup.wait_until(lambda p=port: asyncio.run(_grpc_serving(f"127.0.0.1:{p}")), f"the {name} service")
-        sup.start("gateway", cmds["gateway"])
+        sup.start("gateway")
         base = f"http://{cfg.host}:{cfg.port}"
         sup.wait_until(lambda: _http_ok(base + "/health"), "the gateway")
         click.echo(f"specgrove is up: {cfg.target}\n"
@@ -149,9 +225,8 @@ def run_up(cfg: UpConfig) -> None:
                    f"  gRPC gateway {cfg.host}:{cfg.grpc_port}\n"
                    f"  target {cfg.target_port}, draft {cfg.draft_port}; Ctrl-C stops all three", err=True)
         while not stop_requested:
-            if (why := sup.dead()) is not None:
-                raise click.ClickException(f"{why}; stopping the others")
-            time.sleep(0.5)
+            sup.watch()
+            time.sleep(0.25)
     except KeyboardInterrupt:
         pass
     finally:
