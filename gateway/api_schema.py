@@ -75,6 +75,8 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
+    # Off: "<|im_start|>" in a message is text, never a control token (no forged turns).
+    special_tokens_in_content: bool = False
 
 
 def invalid(exc: ValidationError) -> InvalidRequest:
@@ -134,7 +136,7 @@ def job_spec(req: _Common, prompt_ids: list[int], info: TargetInfo, default_budg
 
 def prompt_ids_of(req: CompletionRequest | ChatRequest, codec: TextCodec) -> list[int]:
     if isinstance(req, ChatRequest):
-        return codec.encode_chat([m.model_dump() for m in req.messages])
+        return codec.encode_chat([m.model_dump() for m in req.messages], req.special_tokens_in_content)
     prompt = req.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:

@@ -37,20 +37,93 @@ class TextCodec:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
         self._template = env.from_string(self.chat_template) if self.chat_template else None
+        self._special_ids: set[int] | None = None
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
-    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
-        """Render the chat template (with the assistant turn opened) and tokenize it."""
+    def encode_chat(self, messages: Sequence[dict], special_tokens_in_content: bool = False) -> list[int]:
+        """Render the chat template (with the assistant turn opened) and tokenize it.
+
+        Special-token strings inside message content (``<|im_start|>`` ...) are tokenized as
+        plain text, so user text cannot forge turns or roles; only the template makes control
+        tokens. ``special_tokens_in_content=True`` parses them as control tokens (the raw
+        behaviour, an explicit opt-in). Content without such strings tokenizes exactly as the
+        whole rendered text would.
+        """
+        if special_tokens_in_content:
+            return self.encode(self._render(messages), add_special_tokens=False)
+        pieces = self._pieces(messages)  # [(text, is_content)]
+        if pieces is None:  # the template transformed the content: tokenize it as rendered
+            return self._literal_content_fallback(messages)
+        text = "".join(p for p, _ in pieces)
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        spans, at = [], 0
+        for piece, is_content in pieces:
+            if is_content:
+                spans.append((at, at + len(piece)))
+            at += len(piece)
+        forged = any(self._special(tok) and any(a < end and start < b for a, b in spans)
+                     for tok, (start, end) in zip(enc.ids, enc.offsets))
+        if not forged:
+            return enc.ids
+        ids: list[int] = []
+        for piece, is_content in pieces:
+            ids += self._encode_literal(piece) if is_content else self.encode(piece, add_special_tokens=False)
+        return ids
+
+    def _render(self, messages: Sequence[dict]) -> str:
         if self._template is None:
             raise InvalidRequest("messages", "this model has no chat template; use /v1/completions")
         try:
-            text = self._template.render(messages=list(messages), add_generation_prompt=True,
+            return self._template.render(messages=list(messages), add_generation_prompt=True,
                                          bos_token=self.bos_token or "", eos_token=self.eos_token or "")
         except jinja2.TemplateError as exc:
             raise InvalidRequest("messages", f"the chat template rejected them: {exc}") from exc
-        return self.encode(text, add_special_tokens=False)
+
+    def _pieces(self, messages: Sequence[dict]) -> list[tuple[str, bool]] | None:
+        """The rendered chat as template text and message contents, in order; None when the
+        template does not copy each content verbatim (found through marker strings)."""
+        contents = [m.get("content") if isinstance(m, dict) else None for m in messages]
+        markers = [f"\ue000specgrove{i}\ue001" for i in range(len(messages))]
+        marked = [dict(m, content=markers[i]) if isinstance(contents[i], str) else m
+                  for i, m in enumerate(messages)]
+        rendered = self._render(marked)
+        pieces, at = [], 0
+        for i, content in enumerate(contents):
+            if not isinstance(content, str):
+                continue
+            found = rendered.find(markers[i], at)
+            if found < 0 or rendered.count(markers[i]) != 1 or any(mk in content for mk in markers):
+                return None
+            pieces += [(rendered[at:found], False), (content, True)]
+            at = found + len(markers[i])
+        pieces.append((rendered[at:], False))
+        return pieces
+
+    def _literal_content_fallback(self, messages: Sequence[dict]) -> list[int]:
+        """A template that rewrites content: render, and refuse special-token strings the user
+        sent rather than let them become control tokens."""
+        specials = [t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special]
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if isinstance(content, str) and any(s and s in content for s in specials):
+                raise InvalidRequest("messages", "message content contains a special token string "
+                                                 "that this model's chat template cannot keep literal")
+        return self.encode(self._render(messages), add_special_tokens=False)
+
+    def _special(self, token_id: int) -> bool:
+        if self._special_ids is None:
+            self._special_ids = {i for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special}
+        return token_id in self._special_ids
+
+    def _encode_literal(self, text: str) -> list[int]:
+        """Tokenize with special-token strings as ordinary text."""
+        self.tokenizer.encode_special_tokens = True
+        try:
+            return self.tokenizer.encode(text, add_special_tokens=False).ids
+        finally:
+            self.tokenizer.encode_special_tokens = False
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
