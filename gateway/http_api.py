@@ -18,6 +18,7 @@ from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from opentelemetry.propagate import extract
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
@@ -33,8 +34,9 @@ from specgrove.errors import InvalidRequest
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     """OpenAI's error object, for responses and for the last event of a failed stream."""
-    kind = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error",
-            499: "cancelled", 503: "service_unavailable"}.get(status, "server_error")
+    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+            405: "invalid_request_error", 429: "rate_limit_error", 499: "cancelled",
+            503: "service_unavailable"}.get(status, "server_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -48,6 +50,13 @@ def error(status: int, message: str, param: str | None = None, code: str | None 
 def create_app(state: GatewayState) -> FastAPI:
     app = FastAPI(title="specgrove gateway", docs_url=None, redoc_url=None)
     app.add_middleware(Guard, state=state)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # 404 / 405 and friends in OpenAI's shape, not FastAPI's {"detail": ...}
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code,
+                     headers=getattr(exc, "headers", None))
 
     @app.get("/health")
     async def health():

@@ -227,6 +227,13 @@ def test_bad_input_is_a_400_with_an_openai_error(stack, body, needle):
     assert ok.status_code == 200
 
 
+@pytest.mark.parametrize("method,path,status", [("GET", "/v1/nothing", 404), ("GET", "/v1/completions", 405),
+                                                ("DELETE", "/v1/models", 405)])
+def test_unknown_routes_get_openai_errors(stack, method, path, status):
+    r = httpx.request(method, stack["http"] + path, timeout=10)
+    assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
 def test_chat_bad_messages(stack):
     for body in ({"model": stack["model"], "messages": []},
                  {"model": stack["model"], "messages": [{"role": "wizard", "content": "hi"}]},
