@@ -128,10 +128,18 @@ async def _parse(request: Request, model_cls, limit: int):
     raw = b"".join(raw)
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:
+        raise InvalidRequest("body", "JSON nested too deeply") from exc
+    except ValueError as exc:  # malformed, bad UTF-8, an integer of more than 4300 digits
         raise InvalidRequest("body", f"malformed JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("body", "the body must be a JSON object")
+    try:  # "\ud800" escapes decode to lone surrogates, which no tokenizer can take
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest("body", "a string holds a lone UTF-16 surrogate (not valid Unicode)") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("body", "JSON nested too deeply") from exc
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:

@@ -211,6 +211,10 @@ BAD = [
     (json.dumps({"model": "M", "prompt": "hi", "speculation": {"tree": "9,9,9"}}), "exceed"),
     (json.dumps({"model": "M", "prompt": "hi", "n": 3}), "n"),
     (json.dumps({"model": "M", "prompt": "x" * (2 << 20)}), "exceeds the limit"),
+    ('{"model": "M", "prompt": "ab\\ud800cd"}', "surrogate"),
+    ('{"model": "M", "prompt": "hi", "max_tokens": ' + "9" * 5000 + "}", "digits"),
+    ('{"model": "M", "prompt": "hi", "x": ' + "[" * 100000 + "]" * 100000 + "}", "body"),
+    (json.dumps({"model": "M", "prompt": "hi", "speculation": {"tree": ",".join(["1"] * 20000)}}), "tree"),
 ]
 
 

@@ -45,7 +45,7 @@ class DistillConfig:
     prompts: int = 4000  # stage-A + stage-B prompts at most (time may stop generation first)
     max_new_tokens: int = 192
     feature_layers: tuple[int, ...] = ()  # () = low, middle and last layer
-    draft_vocab: int = 4096
+    draft_vocab: int = 6144
     top_k: int = 8
     eval_prompts: int = 30
     eval_tree: str = "8:4"

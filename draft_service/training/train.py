@@ -7,7 +7,9 @@ the draft vocabulary). With ``ttt_steps > 1`` the head is also trained on its ow
 Only response tokens count in the loss; prompt tokens are context. AdamW with warm-up and
 cosine decay over the steps the time budget allows (measured after the first steps); a
 checkpoint (head, optimiser, step, data order) every ``checkpoint_every`` steps makes an
-interrupted run resume where it stopped.
+interrupted run resume where it stopped. Mixed precision: the weights, gradients and optimiser
+state stay float32; the forward and backward matmuls run in bfloat16 under autocast where the
+hardware has it (AVX512_BF16 / AMX CPUs, CUDA) -- 1.9x per step on this project's 2-core CPU.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class TrainConfig:
     ttt_decay: float = 0.7
     checkpoint_every: int = 200
     seed: int = 0
+    bf16_autocast: bool | None = None  # None: where the hardware computes bfloat16 natively
 
 
 @dataclass
@@ -124,6 +127,8 @@ def train(head: EagleHead, data: Dataset, cfg: TrainConfig, checkpoint: Path, de
     if rng_state is not None:
         rng.bit_generator.state = rng_state
     windows = Windows(data, t2d, cfg.window, rng)
+    device = next(head.parameters()).device
+    autocast = _native_bf16(device) if cfg.bf16_autocast is None else cfg.bf16_autocast
     stats = {"loss": float("nan"), "top1": float("nan")}
     first_loss = None
     head.train()
@@ -138,14 +143,15 @@ def train(head: EagleHead, data: Dataset, cfg: TrainConfig, checkpoint: Path, de
         for group in opt.param_groups:
             group["lr"] = lr
         batch = windows.batch(cfg.batch)
-        outs = head.forward_train(batch.features, batch.tokens, cfg.ttt_steps)
         losses, hits = [], []
-        for s, hidden in enumerate(outs):
-            valid = batch.mask.clone()
-            valid[:, :s] = 0  # no chain of s own outputs before these rows
-            loss, hit = soft_cross_entropy(head.logits(hidden), _masked(batch, valid))
-            losses.append(cfg.ttt_decay ** s * loss)
-            hits.append(hit.item())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            outs = head.forward_train(batch.features, batch.tokens, cfg.ttt_steps)
+            for s, hidden in enumerate(outs):
+                valid = batch.mask.clone()
+                valid[:, :s] = 0  # no chain of s own outputs before these rows
+                loss, hit = soft_cross_entropy(head.logits(hidden), _masked(batch, valid))
+                losses.append(cfg.ttt_decay ** s * loss)
+                hits.append(hit.item())
         total = sum(losses) / sum(cfg.ttt_decay ** s for s in range(len(outs)))
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -161,6 +167,14 @@ def train(head: EagleHead, data: Dataset, cfg: TrainConfig, checkpoint: Path, de
     _save(checkpoint, head, opt, step, rng)
     head.eval()
     return {"steps": step, **stats}
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    from kernels.cpu_build import has_native_bf16
+
+    return has_native_bf16()
 
 
 def _masked(batch: Batch, mask: torch.Tensor) -> Batch:
