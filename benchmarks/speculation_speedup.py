@@ -59,7 +59,7 @@ async def batch_one(base: str, args, rows: list[dict]) -> list[dict]:
             seed = args.seed + i if args.temperature > 0 else None
             runs = {"spec": [], "off": []}
             for _ in range(args.repeats):  # interleaved: spec, off, spec, off ...
-                runs["spec"].append(await complete(client, base, args.model, row["prompt"], args, None, seed))
+                runs["spec"].append(await complete(client, base, args.model, row["prompt"], args, args.spec, seed))
                 runs["off"].append(await complete(client, base, args.model, row["prompt"], args, OFF, seed))
             spec_tps = statistics.median(r["tps"] for r in runs["spec"])
             off_tps = statistics.median(r["tps"] for r in runs["off"])
@@ -117,6 +117,9 @@ def main() -> None:
     ap.add_argument("--concurrency", default="4,8")
     ap.add_argument("--up-args", default="", help="extra `specgrove up` options, e.g. '--dtype float32'")
     ap.add_argument("--port", type=int, default=8200)
+    ap.add_argument("--spec", default=None, type=json.loads,
+                    help='the speculating arm\'s "speculation" object, e.g. \'{"drafter": "eagle", '
+                         '"tree": "1,1,1"}\' [the gateway\'s default speculation]')
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     rows = load_prompts(args.prompts, args.limit)
@@ -136,7 +139,7 @@ def main() -> None:
                   f"tau {s['tau']:.2f} identical {s['identical']:.0%}")
         loads = {}
         for clients in [int(c) for c in args.concurrency.split(",") if c]:
-            spec = asyncio.run(throughput(base, args, rows, clients, None))
+            spec = asyncio.run(throughput(base, args, rows, clients, args.spec))
             off = asyncio.run(throughput(base, args, rows, clients, OFF))
             loads[clients] = {"spec_tps": spec, "off_tps": off, "ratio": spec / off}
             print(f"{clients} clients: spec {spec:.1f} off {off:.1f} tok/s x{spec / off:.2f}", flush=True)
@@ -145,7 +148,8 @@ def main() -> None:
         proc.wait(120)
     if args.out:
         info = meta(model=args.model, max_tokens=args.max_tokens, temperature=args.temperature,
-                    seed=args.seed, repeats=args.repeats, prompts=str(args.prompts), up_args=args.up_args)
+                    seed=args.seed, repeats=args.repeats, prompts=str(args.prompts), up_args=args.up_args,
+                    spec=args.spec)
         Path(args.out).write_text(json.dumps({"meta": info, "prompts": results, "summary": summary,
                                               "concurrency": loads}, indent=2))
 

@@ -1,16 +1,16 @@
-"""The draft service as an in-process port: :class:`DraftEngine` on its own thread.
+"""The draft service as an in-process port: :class:`DraftEngine` behind the service's checks.
 
 What the gRPC servicer serves and what ``specgrove generate``, the tests and the benchmarks
-drive directly. Engine work (prefill, propose, release) runs on the engine thread; loading a
-drafter runs on a separate loader thread, so a model that takes seconds to load never stalls
-the running batch. See ``specgrove.ports.DraftPort``.
+drive directly. In the service, engine work (prefill, propose, release) runs on the engine
+thread and loading a drafter on a separate loader thread, so a model that takes seconds to load
+never stalls the running batch; in process both run on the caller's thread. See ``specgrove.ports.DraftPort``.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 from draft_service.engine import DraftEngine
-from specgrove.engine_thread import EngineThread
+from specgrove.engine_thread import CallerThread, EngineThread
 from specgrove.errors import InvalidRequest
 from specgrove.types import DrafterInfo, DraftInfo, DraftPrefill, ProposeRequest, ProposeResult
 
@@ -20,8 +20,9 @@ class LocalDraft:
                  loader: EngineThread | None = None) -> None:
         self.engine = engine
         self.vocab_size = vocab_size
-        self.thread = thread or EngineThread("draft-engine")
-        self.loader = loader or EngineThread("draft-loader")
+        # In process, the caller's thread (``CallerThread``); the service passes its threads.
+        self.thread = thread or CallerThread()
+        self.loader = loader or CallerThread()
 
     async def info(self) -> DraftInfo:
         return DraftInfo(self.vocab_size, self.engine.registry.default, self.engine.num_sequences)

@@ -75,7 +75,9 @@ class DraftServer(ServiceServer):
         draft_pb2_grpc.add_DraftServiceServicer_to_server(self.servicer, server)
 
     async def _load(self) -> None:
-        registry = await self.loader.run(self._build_registry)
+        # Start-up drafters load on the engine thread that will run them: the first thread to
+        # run OpenMP work keeps bf16 ops fast (``specgrove.engine_thread.CallerThread``).
+        registry = await self.thread.run(self._build_registry)
         self.servicer.draft = LocalDraft(DraftEngine(registry), self.target.vocab_size, self.thread,
                                          self.loader)
         log.info("draft service serving on %s:%d with %s", self.cfg.host, self.port,

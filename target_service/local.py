@@ -1,15 +1,16 @@
-"""The target as an in-process port: :class:`TargetEngine` on its own thread, with the service's limits.
+"""The target as an in-process port: :class:`TargetEngine` behind the service's limits.
 
 What the gRPC servicer serves and what ``specgrove generate``, the tests and the benchmarks
 drive directly: the same checks (sequence and tree-size limits, checked before any state
-changes), the same errors, the same engine thread. See ``specgrove.ports.TargetPort``.
+changes), the same errors; engine calls run on the service's engine thread, or in process
+on the caller's thread (``CallerThread``). See ``specgrove.ports.TargetPort``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
-from specgrove.engine_thread import EngineThread
+from specgrove.engine_thread import CallerThread, EngineThread
 from specgrove.errors import InvalidRequest, ResourceExhausted
 from specgrove.types import PrefillRequest, PrefillResult, TargetInfo, VerifyItem, VerifyResult
 from target_service.engine import TargetEngine
@@ -27,7 +28,7 @@ class LocalTarget:
         self.engine = engine
         self.model_name, self.dtype = model_name, dtype
         self.limits = limits
-        self.thread = thread or EngineThread("target-engine")
+        self.thread = thread or CallerThread()  # the services pass their engine thread
         self.free_blocks: int | None = engine.capacity().free_blocks
 
     def describe(self) -> TargetInfo:
