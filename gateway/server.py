@@ -106,11 +106,14 @@ class GatewayServer:
         the draft's state is reported, never failed on (speculation is optional)."""
         state = self.state
         while True:
-            target_ok, draft_ok = await asyncio.gather(state.target.serving(), state.draft.serving())
-            state.orchestrator.target_ok = target_ok
-            if draft_ok and not state.draft_ok:
-                await state.refresh_drafters()  # a restarted draft service: learn its drafters
-            state.draft_ok = draft_ok
+            try:
+                target_ok, draft_ok = await asyncio.gather(state.target.serving(), state.draft.serving())
+                state.orchestrator.target_ok = target_ok
+                if draft_ok and not state.draft_ok:
+                    await state.refresh_drafters()  # a restarted draft service: learn its drafters
+                state.draft_ok = draft_ok
+            except Exception:  # noqa: BLE001 -- the watch must outlive any one failed probe
+                log.exception("health probe failed")
             await asyncio.sleep(self.cfg.health_poll_s)
 
     async def stop(self, grace_s: float | None = None) -> None:

@@ -171,7 +171,8 @@ class Proposer:
             for j in jobs:
                 j.draft_synced = False
             return {}
-        self.controller.observe_draft(time.monotonic() - started)
+        if not unsynced:  # a first draft (prefill, catch-up over the prompt) is no steady-state cost
+            self.controller.observe_draft(time.monotonic() - started)
         for j in jobs:
             j.new_tokens = ()
         return {p.seq_id: StepDraft(p.tree, p.drafter) for p in props}

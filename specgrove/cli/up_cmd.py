@@ -4,13 +4,16 @@ Starts the target and draft services, waits until both report SERVING on ``grpc.
 starts the gateway, waits for its ``/health``, prints the URLs, and then supervises: a child
 that dies is restarted with backoff while the other two keep serving. Ctrl-C / SIGTERM drains
 in order: the gateway finishes in-flight requests (``--drain-timeout``), then the draft and
-target services stop; exit code 0. The services authenticate the gateway with a random token
-made here for them (``specgrove.auth``); ``--api-key`` / ``--admin-key`` protect the public ports. ``--trace-file`` / ``--otlp-endpoint``
+target services stop; exit code 0. The children run in their own session, so a terminal's
+Ctrl-C reaches ``up`` alone and the order holds; they get SIGTERM if ``up`` itself dies. The
+services authenticate the gateway with a random token made here for them (``specgrove.auth``);
+``--api-key`` / ``--admin-key`` protect the public ports. ``--trace-file`` / ``--otlp-endpoint``
 go to all three services, each with its own service name, so one trace spans all three.
 """
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import secrets
 import signal
@@ -106,6 +109,14 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when ``up`` dies (Linux ``PR_SET_PDEATHSIG``)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the children outlive a killed `up`
+        pass
+
+
 @dataclass
 class Child:
     """One supervised service process and its restart state."""
@@ -119,7 +130,8 @@ class Child:
     restart_at: float | None = None  # when a dead child is due to start again
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.cmd, env=self.env)
+        self.proc = subprocess.Popen(self.cmd, env=self.env, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         self.started_at, self.restart_at = time.monotonic(), None
 
     @property
