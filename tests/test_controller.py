@@ -31,8 +31,15 @@ def test_unknown_drafter_is_explored_and_decisions_are_retested():
     assert c.should_speculate(1, 8, ["", "small"])  # no acceptance estimate for "small" yet
     c = _cpu_like(0.3)
     c.explore_every = 4
-    choices = [c.should_speculate(1, 8, [""]) for _ in range(8)]
-    assert choices == [False, False, False, True] * 2  # every 4th decision re-tests the other
+    choices = [c.should_speculate(1, 8, [""]) for _ in range(4 + 8 + 16)]
+    # A re-test after 4 decisions; each one that confirms the decision doubles the interval.
+    assert [i for i, x in enumerate(choices) if x] == [3, 11, 27]
+    c.observe_accepted("", 3.0)  # acceptance jumps: speculation now wins
+    for _ in range(10):
+        c.observe_accepted("", 3.0)
+    c.max_explore_every = 8
+    c._since_explore = 0
+    assert c.should_speculate(1, 8, [""])
 
 
 def test_emas_follow_changes():
