@@ -47,6 +47,11 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     @rpc
     async def Verify(self, request: target_pb2.VerifyBatch, context):
         target = self._target()
+        limit = target.limits.max_tree_nodes
+        for i, msg in enumerate(request.items):  # sizes first: a huge tree is refused unparsed
+            nodes = max(len(msg.tree.token_ids), len(msg.tree.parents))
+            if nodes > limit:
+                raise InvalidRequest(f"items[{i}].tree", f"{nodes} nodes exceed the limit of {limit}")
         items = [_convert(f"items[{i}]", VerifyItem.from_pb, msg) for i, msg in enumerate(request.items)]
         results = await target.verify(items)
         if (span := telemetry.recording_span()) is not None:

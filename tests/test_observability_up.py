@@ -19,7 +19,8 @@ TRACE_ID, PARENT_ID = "5b8aa5a2d2c872e8321cf37308d69df2", "051581bf3cb55c13"
 def _wait_healthy(proc: subprocess.Popen, url: str, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "specgrove up exited during start-up"
+        if proc.poll() is not None:
+            raise AssertionError(f"specgrove up exited during start-up:\n{proc.stderr.read().decode()[-3000:]}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return

@@ -157,6 +157,11 @@ def test_bad_inputs_get_clear_statuses_and_harm_nobody(services, plain_tokens):
         wide = TokenTree((first,) + tuple(range(40)), (-1,) + (0,) * 40)
         await expect("too many nodes", t.verify([VerifyItem(500, wide)]),
                      grpc.StatusCode.INVALID_ARGUMENT, "exceed the limit of 32")
+        huge = target_pb2.VerifyItem(seq_id=500, tree=common_pb2.TokenTree(
+            token_ids=[first] * 200_000, parents=[-1] + [0] * 199_999))
+        await expect("huge tree, refused before parsing",
+                     t.stub.Verify(target_pb2.VerifyBatch(items=[huge]), timeout=2),
+                     grpc.StatusCode.INVALID_ARGUMENT, "200000 nodes exceed the limit of 32")
         await expect("wrong root", t.verify([VerifyItem(500, TokenTree.root_only((first + 1) % 320))]),
                      grpc.StatusCode.INVALID_ARGUMENT, "pending token")
         await expect("unknown sequence", t.verify([VerifyItem(999, TokenTree.root_only(1))]),
@@ -193,7 +198,7 @@ def test_bad_inputs_get_clear_statuses_and_harm_nobody(services, plain_tokens):
         return await asyncio.gather(body(t, d), healthy(t, d))
 
     errors, good = _with_clients(services, both)
-    assert len(errors) == 13
+    assert len(errors) == 14
     assert good == {1: plain_tokens[1], 3: plain_tokens[3]}
 
 
