@@ -1,7 +1,7 @@
 """Vocabulary and request templates for the distillation prompt factory (``prompts.py``).
 
 Pure data, written for this project (nothing here is downloaded or copied from an evaluation
-set). Templates use ``{slot}`` fields resolved by ``prompts._fill``: a slot named after a key of
+set). Templates use ``{slot}`` fields resolved by ``prompt_templates.fill``: a slot named after a key of
 ``SLOTS`` draws from that list, a trailing digit draws a second, distinct value from the same list
 (``{name2}``), and ``{task:s}`` puts the first verb of an infinitive phrase in the third person
 ("reverse a string" -> "reverses a string").
