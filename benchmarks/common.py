@@ -5,10 +5,12 @@ gRPC), the same loop users get; ``step_clock`` records the duration of each of i
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -85,3 +87,20 @@ def local_ports(model: str, dtype: str = "float32", kv_blocks: int = 1024, draft
     target = LocalTarget(engine, model, dtype, TargetLimits(max_tree_nodes=128))
     draft = LocalDraft(DraftEngine.of(built, default), engine.vocab_size)
     return target, draft, TextCodec(path)
+
+
+def decode_tps(ports, prompt, n: int, tree: str | None) -> tuple[float, float, list[int]]:
+    """One greedy request of exactly ``n`` new tokens (EOS ignored) through the step loop over
+    in-process ``ports``: (tokens/s, tau, token ids). ``tree``: the ``eagle`` drafter's budget
+    (a ``--tree`` option string), or None for plain decoding."""
+    from gateway.job import JobSpec
+    from gateway.offline import complete
+    from specgrove.config import parse_tree_option
+    from specgrove.types import SamplingParams, TreeBudget
+
+    budget = parse_tree_option(tree) if tree else TreeBudget.off()
+    spec = JobSpec(tuple(prompt), n, SamplingParams(), drafter="eagle" if tree else "", budget=budget,
+                   ignore_eos=True)
+    start = time.perf_counter()
+    (out,) = asyncio.run(complete(*ports, [spec]))
+    return n / (time.perf_counter() - start), out.stats.mean_acceptance_length, out.token_ids

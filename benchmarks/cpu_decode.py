@@ -15,7 +15,6 @@ kernel, and int8's quality against bfloat16 (greedy agreement, perplexity of bf1
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import statistics
@@ -27,12 +26,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: benchmarks.common
-from benchmarks.common import HERE, chat_ids, load_prompts, meta
-from gateway.job import JobSpec
-from gateway.offline import complete
-from specgrove.config import ModelRunConfig, parse_tree_option
+from benchmarks.common import HERE, chat_ids, decode_tps, load_prompts, meta
+from specgrove.config import ModelRunConfig
 from specgrove.kv import KVCacheConfig
-from specgrove.types import PrefillRequest, SamplingParams, TreeBudget, VerifyItem
+from specgrove.types import PrefillRequest, VerifyItem
 from specgrove.tree import TokenTree
 
 MODEL = "smollm2-135m-instruct"
@@ -57,15 +54,6 @@ def ours(dtype: str, quantization: str = "none", backend: str = "auto", eagle: b
         drafters["eagle"] = build_drafter(f"eagle:{MODEL}", DraftTarget(MODEL), run)
     target = LocalTarget(engine, MODEL, run.dtype_name)
     return target, LocalDraft(DraftEngine.of(drafters, "eagle" if eagle else "ngram"), engine.vocab_size)
-
-
-def decode_tps(ports, prompt, n: int, tree: str | None) -> tuple[float, float, list[int]]:
-    budget = parse_tree_option(tree) if tree else TreeBudget.off()
-    spec = JobSpec(tuple(prompt), n, SamplingParams(), drafter="eagle" if tree else "", budget=budget,
-                   ignore_eos=True)
-    start = time.perf_counter()
-    (out,) = asyncio.run(complete(*ports, [spec]))
-    return n / (time.perf_counter() - start), out.stats.mean_acceptance_length, out.token_ids
 
 
 def hf_tps(model, prompt, n: int) -> float:

@@ -15,7 +15,6 @@ users get, gRPC hops included.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
@@ -23,24 +22,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: benchmarks.common
-from benchmarks.common import local_ports, meta
+from benchmarks.common import decode_tps, local_ports, meta
 
 MODEL = "smollm2-135m-instruct"
 TUNING_SEED = 424242  # not a distill training seed (those start at 0), not dev.jsonl
-
-
-def decode(ports, prompt: tuple[int, ...], n: int, tree: str | None) -> tuple[float, float]:
-    from gateway.offline import complete
-    from gateway.job import JobSpec
-    from specgrove.config import parse_tree_option
-    from specgrove.types import SamplingParams, TreeBudget
-
-    budget = parse_tree_option(tree) if tree else TreeBudget.off()
-    spec = JobSpec(prompt, n, SamplingParams(), drafter="eagle" if tree else "", budget=budget,
-                   ignore_eos=True)
-    start = time.perf_counter()
-    (out,) = asyncio.run(complete(ports[0], ports[1], [spec]))
-    return n / (time.perf_counter() - start), out.stats.mean_acceptance_length
 
 
 def decode_up(base: str, messages: list[dict], n: int, tree: str | None) -> tuple[float, float]:
@@ -92,7 +77,7 @@ def main() -> None:
         target, draft, codec = local_ports(MODEL, args.dtype, drafters={"eagle": f"eagle:{MODEL}"},
                                            default="eagle")
         prompts = [tuple(codec.encode_chat(list(p.messages))) for p in chosen]
-        run = lambda prompt, n, tree: decode((target, draft), prompt, n, tree)  # noqa: E731
+        run = lambda prompt, n, tree: decode_tps((target, draft), prompt, n, tree)[:2]  # noqa: E731
     try:
         result = sweep(args, prompts, run)
     finally:

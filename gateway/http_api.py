@@ -165,7 +165,7 @@ async def _generate(state: GatewayState, request: Request, model_cls):
     except InvalidRequest as exc:
         return error(400, str(exc), exc.field)
     except Overloaded as exc:
-        return error(429, str(exc), headers={"Retry-After": "1"})
+        return error(429, str(exc))
     if req.stream:
         usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_sse(state, job, rid, chat, usage), media_type="text/event-stream")
