@@ -2,7 +2,7 @@
 
 On a CUDA device, at serving shapes (32 sequences, 32 query heads over 8 KV heads, head dim 128,
 pages of 16, fp16 by default) and a sweep of prefix lengths, it times
-``kernels.tree_attention.tree_attention`` in two modes, plain decoding (one query per sequence)
+``specgrove.kernels.tree_attention.tree_attention`` in two modes, plain decoding (one query per sequence)
 and tree verification (64-node trees), against
 
 * ``tree_attention_ref`` (the plain-torch path the ``torch`` backend runs), and
@@ -115,7 +115,7 @@ def attention_bytes(case: dict) -> int:
 def bench_attention(args, prefix: int, tree_nodes: int, copy_gbps: float, gen) -> dict:
     from triton.testing import do_bench
 
-    attn = importlib.import_module("kernels.tree_attention")
+    attn = importlib.import_module("specgrove.kernels.tree_attention")
     case = build_case(args, prefix, tree_nodes, "cuda", gen)
     runs = {
         "triton": lambda: attn.tree_attention(**case),
@@ -139,7 +139,7 @@ def bench_paged_kv(args, prefix: int, gen) -> dict:
     (32 layers), each against its reference."""
     from triton.testing import do_bench
 
-    paged = importlib.import_module("kernels.paged_kv")
+    paged = importlib.import_module("specgrove.kernels.paged_kv")
     case = build_case(args, prefix, args.tree, "cuda", gen)
     k_cache, v_cache, t = case["k_cache"], case["v_cache"], case["q"].shape[0]
     k = torch.randn(t, *k_cache.shape[2:], device="cuda", dtype=k_cache.dtype)
@@ -207,7 +207,7 @@ def _summary(row: dict) -> str:
 
 def smoke(args) -> int:
     """Tiny case under the interpreter: kernel, reference and SDPA baseline must agree."""
-    attn = importlib.import_module("kernels.tree_attention")
+    attn = importlib.import_module("specgrove.kernels.tree_attention")
     args.batch, args.q_heads, args.kv_heads, args.head_dim, args.page = 3, 4, 2, 32, 16
     gen = torch.Generator().manual_seed(0)
     for prefix, tree_nodes in ((37, 0), (21, 5)):

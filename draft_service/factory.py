@@ -109,7 +109,7 @@ def eagle_drafter(cfg, state: dict, embed, run: ModelRunConfig):
 
     from draft_service.drafters.eagle.drafter import EagleDrafter
     from draft_service.drafters.eagle.serving import serving_from_state
-    from kernels.backend import select_backend
+    from specgrove.kernels.backend import select_backend
     from specgrove.modeling.parallel import LayerContext
     from specgrove.runner import ModelExecutor, ModelRunner
 

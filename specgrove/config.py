@@ -41,7 +41,7 @@ class ModelRunConfig:
             return self.dtype
         if self.torch_device.type != "cpu":
             return "bfloat16"
-        from kernels.cpu_build import has_native_bf16
+        from specgrove.kernels.cpu_build import has_native_bf16
 
         return "bfloat16" if has_native_bf16() else "float32"
 

@@ -241,7 +241,7 @@ def load_executor(run, tp=None, device: torch.device | None = None) -> ModelExec
     """Build the model of ``run`` (a :class:`specgrove.config.ModelRunConfig`) with its kernels
     and KV tensors: the whole model, or with ``tp`` (a ``TPGroup``) this rank's shard only.
     The one way every runner -- target, draft model, tensor-parallel rank -- is built."""
-    from kernels.backend import select_backend
+    from specgrove.kernels.backend import select_backend
     from specgrove.modeling.loader import build_model, resolve_model
 
     device = device or run.torch_device

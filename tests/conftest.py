@@ -4,7 +4,7 @@ import os
 
 import torch
 
-# Triton reads TRITON_INTERPRET once, at its first import (kernels.backend may import it): without
+# Triton reads TRITON_INTERPRET once, at its first import (specgrove.kernels.backend may import it): without
 # a GPU the Triton kernels run under its interpreter on CPU tensors.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

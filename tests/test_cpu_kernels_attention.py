@@ -1,4 +1,4 @@
-"""The C++ CPU tree attention (``kernels/cpu_attention.py``) against ``tree_attention_ref``.
+"""The C++ CPU tree attention (``specgrove/kernels/cpu_attention.py``) against ``tree_attention_ref``.
 
 Covers decode, causal prefill (chunked: queries at the end of a longer prefix), tree masks whose
 window is longer than the query count, GQA groups 1/3/4, odd lengths, page sizes 1/16, shuffled
@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import cpu_attention
-from kernels.tree_attention import tree_attention_ref
+from specgrove.kernels import cpu_attention
+from specgrove.kernels.tree_attention import tree_attention_ref
 
 pytestmark = pytest.mark.skipif(not cpu_attention.available(), reason="CPU kernels did not build")
 tree_attention_cpu = cpu_attention.tree_attention_cpu

@@ -1,11 +1,11 @@
-"""The C++ CPU linears (``kernels/cpu_linear.py``): bf16 and weight-only int8 against float64
+"""The C++ CPU linears (``specgrove/kernels/cpu_linear.py``): bf16 and weight-only int8 against float64
 matmuls of the same weights; and a model whose linears run on them decodes like the dense one."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from kernels import cpu_linear
+from specgrove.kernels import cpu_linear
 
 pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="no AVX512_BF16 CPU kernels here")
 

@@ -7,10 +7,10 @@ import pytest
 def test_backend_choice(monkeypatch):
     import torch
 
-    from kernels.backend import select_backend
+    from specgrove.kernels.backend import select_backend
 
     cpu = torch.device("cpu")
-    from kernels import cpu_attention
+    from specgrove.kernels import cpu_attention
 
     # auto on CPU: the C++ kernels where they build, else the references
     assert select_backend("auto", cpu).name == ("cpu" if cpu_attention.available() else "torch")

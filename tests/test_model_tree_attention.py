@@ -5,7 +5,7 @@ import random
 
 import torch
 
-from kernels.tree_attention import tree_attention_ref
+from specgrove.kernels.tree_attention import tree_attention_ref
 from specgrove.runner import ForwardItem
 from specgrove.tree import TokenTree
 from tests.helpers import runner

@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
-from kernels.backend import select_backend
+from specgrove.kernels.backend import select_backend
 from specgrove.modeling.config import ModelConfig
 from specgrove.modeling.loader import build_model
 from specgrove.modeling.parallel import ColumnParallelLinear, TPGroup

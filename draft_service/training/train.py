@@ -172,7 +172,7 @@ def train(head: EagleHead, data: Dataset, cfg: TrainConfig, checkpoint: Path, de
 def _native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    from kernels.cpu_build import has_native_bf16
+    from specgrove.kernels.cpu_build import has_native_bf16
 
     return has_native_bf16()
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kernels.backend import KernelBackend
+from specgrove.kernels.backend import KernelBackend
 from specgrove.modeling.config import ModelConfig
 from specgrove.modeling.layers import apply_rope
 from specgrove.modeling.parallel import ColumnParallelLinear, LayerContext, RowParallelLinear
@@ -16,7 +16,7 @@ from specgrove.modeling.parallel import ColumnParallelLinear, LayerContext, RowP
 class AttentionMetadata:
     """Where this forward's tokens live and what they see; built once, shared by all layers.
 
-    See ``kernels/tree_attention.py`` for the exact visibility rule.
+    See ``specgrove/kernels/tree_attention.py`` for the exact visibility rule.
     """
 
     slot_mapping: torch.Tensor  # [T] int64, physical slot each new token's K/V is written to

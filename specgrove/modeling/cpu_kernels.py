@@ -1,4 +1,4 @@
-"""Route a loaded model's linear layers through the C++ CPU kernels (``kernels/cpu_linear.py``):
+"""Route a loaded model's linear layers through the C++ CPU kernels (``specgrove/kernels/cpu_linear.py``):
 bfloat16 weights as they are, or weight-only int8 (``quantization="int8"``).
 
 Applied once after loading, when the kernel backend is ``cpu`` and the model runs in bfloat16
@@ -20,7 +20,7 @@ _LINEARS = (ColumnParallelLinear, RowParallelLinear, ParallelLMHead)
 
 def use_cpu_linears(model: nn.Module, quantization: str = "none") -> int:
     """Give every fitting linear of ``model`` a CPU kernel; returns how many got one."""
-    from kernels.cpu_linear import Bf16Linear, Int8Linear, available, fits
+    from specgrove.kernels.cpu_linear import Bf16Linear, Int8Linear, available, fits
 
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"unknown quantization {quantization!r}; choose one of {QUANTIZATIONS}")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.backend import KernelBackend
+from specgrove.kernels.backend import KernelBackend
 from specgrove.modeling.attention import AttentionMetadata, PagedAttention
 from specgrove.modeling.config import ModelConfig
 from specgrove.modeling.layers import RMSNorm, RotaryEmbedding

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from kernels import tree_attention as attn
+from specgrove.kernels import tree_attention as attn
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import torch
 if not torch.cuda.is_available():
     # Triton reads this when it is first imported (its own @jit library) and when each kernel is
     # decorated: it has to be set before anything imports triton (tests/conftest.py sets it too,
-    # as other test modules import the kernels through kernels.backend first).
+    # as other test modules import the kernels through specgrove.kernels.backend first).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 try:

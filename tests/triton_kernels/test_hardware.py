@@ -10,7 +10,7 @@ import pytest
 import torch
 import triton
 
-from kernels import paged_kv as paged
+from specgrove.kernels import paged_kv as paged
 from tests.triton_kernels.cases import (
     DEVICE, REPO, Seq, assert_matches_reference, make_batch, path_commits, tree_parents,
 )
@@ -20,8 +20,8 @@ _COMPILE_SCRIPT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels.paged_kv import _copy_rows_kernel
-from kernels.tree_attention import _tree_attention_kernel
+from specgrove.kernels.paged_kv import _copy_rows_kernel
+from specgrove.kernels.tree_attention import _tree_attention_kernel
 
 def build(fn, types, consts):
     sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in fn.arg_names}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import paged_kv as paged
+from specgrove.kernels import paged_kv as paged
 from tests.triton_kernels.cases import DEVICE, DTYPES, path_commits
 
 

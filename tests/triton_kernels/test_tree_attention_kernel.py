@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import tree_attention as attn
+from specgrove.kernels import tree_attention as attn
 from tests.triton_kernels.cases import DTYPES, Seq, assert_matches_reference, make_batch, tree_parents
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from draft_service.drafters.eagle.config import WEIGHTS_FILE, EagleConfig
-from kernels.backend import KernelBackend
+from specgrove.kernels.backend import KernelBackend
 from specgrove.modeling.layers import RMSNorm, RotaryEmbedding
 from specgrove.modeling.llama import DecoderLayer
 from specgrove.modeling.parallel import LayerContext

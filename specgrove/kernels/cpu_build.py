@@ -1,4 +1,4 @@
-"""Building the C++ CPU kernels (``kernels/csrc/*.cpp``) once, at first use.
+"""Building the C++ CPU kernels (``specgrove/kernels/csrc/*.cpp``) once, at first use.
 
 ``torch.utils.cpp_extension.load`` compiles a source into a shared library that registers torch
 operators (``TORCH_LIBRARY``), and caches it. Needs a C++ compiler and ninja (the ``ninja`` pip

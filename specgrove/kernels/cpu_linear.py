@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cpu_build import has_native_bf16, load_library
+from specgrove.kernels.cpu_build import has_native_bf16, load_library
 
 
 def available() -> bool:

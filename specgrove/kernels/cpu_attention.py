@@ -1,5 +1,5 @@
 """CPU paged tree attention: a C++ kernel (``csrc/tree_attention_cpu.cpp``) with the exact
-contract of :func:`kernels.tree_attention.tree_attention_ref`.
+contract of :func:`specgrove.kernels.tree_attention.tree_attention_ref`.
 
 The reference gathers every sequence's whole prefix out of the paged cache (a copy of
 ``kv_len * Hkv * D`` elements per sequence per layer) and runs SDPA once per sequence. This
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cpu_build import load_library
+from specgrove.kernels.cpu_build import load_library
 
 
 def available() -> bool:

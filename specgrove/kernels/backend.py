@@ -16,8 +16,8 @@ from typing import Callable
 
 import torch
 
-from kernels.paged_kv import commit_kv_ref, write_kv_ref
-from kernels.tree_attention import tree_attention_ref
+from specgrove.kernels.paged_kv import commit_kv_ref, write_kv_ref
+from specgrove.kernels.tree_attention import tree_attention_ref
 
 BACKEND_NAMES = ("auto", "torch", "triton", "cpu")
 ENV_VAR = "SPECGROVE_KERNEL_BACKEND"
@@ -42,15 +42,15 @@ def _triton_backend(device: torch.device) -> KernelBackend:
             "TRITON_INTERPRET=1 (before start-up) to run it under Triton's interpreter"
         )
     try:
-        from kernels.paged_kv import commit_kv, write_kv  # type: ignore[attr-defined]
-        from kernels.tree_attention import tree_attention  # type: ignore[attr-defined]
+        from specgrove.kernels.paged_kv import commit_kv, write_kv  # type: ignore[attr-defined]
+        from specgrove.kernels.tree_attention import tree_attention  # type: ignore[attr-defined]
     except ImportError as exc:  # triton missing or kernels not built in this version
         raise RuntimeError(f"the triton kernel backend is not available: {exc}") from exc
     return KernelBackend("triton", tree_attention, write_kv, commit_kv)
 
 
 def _cpu_backend(device: torch.device) -> KernelBackend:
-    from kernels import cpu_attention
+    from specgrove.kernels import cpu_attention
 
     if device.type != "cpu":
         raise RuntimeError(f"the cpu kernel backend runs on the CPU, not {device.type}")
