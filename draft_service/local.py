@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from draft_service.engine import DraftEngine
+from draft_service.load_policy import LoadPolicy
 from specgrove.engine_thread import CallerThread, EngineThread
 from specgrove.errors import InvalidRequest
 from specgrove.types import DrafterInfo, DraftInfo, DraftPrefill, ProposeRequest, ProposeResult
@@ -17,9 +18,13 @@ from specgrove.types import DrafterInfo, DraftInfo, DraftPrefill, ProposeRequest
 
 class LocalDraft:
     def __init__(self, engine: DraftEngine, vocab_size: int, thread: EngineThread | None = None,
-                 loader: EngineThread | None = None) -> None:
+                 loader: EngineThread | None = None, policy: LoadPolicy | None = None) -> None:
         self.engine = engine
         self.vocab_size = vocab_size
+        # What load_drafter may build (the service's allow-list); None in process, where the
+        # caller is the operator.
+        self.policy = policy
+        self._loading: set[str] = set()  # names being built, so two loads cannot race for one
         # In process, the caller's thread (``CallerThread``); the service passes its threads.
         self.thread = thread or CallerThread()
         self.loader = loader or CallerThread()
@@ -55,9 +60,15 @@ class LocalDraft:
 
     async def load_drafter(self, name: str, spec: str, make_default: bool = False) -> DrafterInfo:
         registry = self.engine.registry
-        if name in {e.name for e in registry.entries()}:
+        if name in {e.name for e in registry.entries()} | self._loading:
             raise InvalidRequest("name", f"a drafter named {name!r} is already loaded")
-        entry = await self.loader.run(registry.build, name, spec)
+        if self.policy is not None:
+            self.policy.check(spec, len(registry.entries()) + len(self._loading))
+        self._loading.add(name)
+        try:
+            entry = await self.loader.run(registry.build, name, spec)
+        finally:
+            self._loading.discard(name)
         return registry.add(entry, make_default)
 
     async def unload_drafter(self, name: str) -> None:

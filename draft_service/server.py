@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from draft_service.engine import DraftEngine
 from draft_service.factory import DraftTarget, build_drafter
+from draft_service.load_policy import LoadPolicy
 from draft_service.local import LocalDraft
 from draft_service.registry import DrafterRegistry
 from draft_service.servicer import DraftServicer
@@ -17,6 +18,7 @@ from specgrove.engine_thread import EngineThread
 from specgrove.pb.v1 import draft_pb2, draft_pb2_grpc
 from specgrove.service_server import ServiceServer
 from specgrove.telemetry import TelemetryConfig
+from specgrove.tls import TlsConfig
 from specgrove.errors import InvalidRequest
 
 log = logging.getLogger("specgrove.draft")
@@ -34,6 +36,8 @@ class DraftServerConfig:
     grace_s: float = 10.0
     telemetry: TelemetryConfig = TelemetryConfig()
     service_token: str = ""  # callers must send it (``specgrove.auth``); "" = open
+    load_policy: LoadPolicy = LoadPolicy()  # what LoadDrafter may build at run time
+    tls: TlsConfig | None = None  # serve TLS, mutual with a CA (``specgrove.tls``); None = plaintext
 
 
 def parse_drafter_option(text: str) -> tuple[str, str]:
@@ -49,7 +53,7 @@ class DraftServer(ServiceServer):
     telemetry_name = "specgrove-draft"
 
     def __init__(self, cfg: DraftServerConfig) -> None:
-        super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry, cfg.service_token)
+        super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry, cfg.service_token, cfg.tls)
         self.cfg = cfg
         self.target = DraftTarget(cfg.target_vocab_from)
         self.thread, self.loader = EngineThread("draft-engine"), EngineThread("draft-loader")
@@ -78,8 +82,9 @@ class DraftServer(ServiceServer):
         # Start-up drafters load on the engine thread that will run them: the first thread to
         # run OpenMP work keeps bf16 ops fast (``specgrove.engine_thread.CallerThread``).
         registry = await self.thread.run(self._build_registry)
+        policy = self.cfg.load_policy.with_startup(tuple(spec for _, spec in self.cfg.drafters))
         self.servicer.draft = LocalDraft(DraftEngine(registry), self.target.vocab_size, self.thread,
-                                         self.loader)
+                                         self.loader, policy)
         log.info("draft service serving on %s:%d with %s", self.cfg.host, self.port,
                  [i.name for i in registry.list()])
 

@@ -1,26 +1,54 @@
 """OpenAI-compatible request bodies (pydantic) and their translation into a ``JobSpec``.
 
-Unknown fields are ignored, as OpenAI-compatible servers do; known fields are type-checked and
-range-checked, and every violation becomes an HTTP 400 with an OpenAI-style error body naming
-the parameter. Extra fields beyond OpenAI's: ``top_k``, ``ignore_eos`` and ``speculation``
+Every field of OpenAI's and vLLM's request schemas is either honoured or refused: known fields
+are type-checked and range-checked, and a field this server does not implement
+(``UNSUPPORTED``) gets a 400 naming it unless it holds its neutral value (``logprobs: false``,
+``presence_penalty: 0`` ...), so that no client is silently given something other than it asked
+for. Unknown non-standard fields are ignored with a logged warning, as vLLM does. Every
+violation becomes an HTTP 400 with an OpenAI-style error body naming the parameter. Extra
+fields beyond OpenAI's: ``top_k``, ``ignore_eos``, ``stop_token_ids`` and ``speculation``
 (``{"drafter": NAME | "none", "tree": "4,2,2,1" | {"nodes": N, "depth": D, "top_k": K},
 "coupled": true | false}``).
 """
 from __future__ import annotations
 
-from typing import Literal, Union
+import logging
+from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.job import JobSpec
 from gateway.text import TextCodec
 from specgrove.tree import TreeError, parse_branching, static_tree_size
 from specgrove.errors import InvalidRequest
-from specgrove.types import SamplingParams, TargetInfo, TreeBudget
+from specgrove.types import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SamplingParams, TargetInfo, TreeBudget
 
+
+log = logging.getLogger("specgrove.gateway")
 
 INT32_MAX = 2**31 - 1
 MAX_TREE_FIELD = 4096
+
+# Known request fields (OpenAI's and vLLM's) that this server does not implement, with the
+# values that ask for nothing (clients often send the defaults explicitly). Anything else: 400.
+_NONE = (None,)
+UNSUPPORTED: dict[str, tuple] = {
+    "prompt_logprobs": (None, 0),
+    "response_format": (None, {"type": "text"}), "guided_json": _NONE, "guided_regex": _NONE,
+    "guided_choice": _NONE, "guided_grammar": _NONE, "structured_outputs": _NONE,
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
+    "function_call": (None, "none", "auto"), "best_of": (None, 1), "suffix": (None, ""),
+    "use_beam_search": (None, False), "length_penalty": (None, 1), "allowed_token_ids": _NONE,
+    "bad_words": (None, []), "audio": _NONE, "modalities": (None, ["text"]), "prediction": _NONE,
+    "web_search_options": _NONE, "reasoning_effort": _NONE, "truncate_prompt_tokens": _NONE,
+    "include_stop_str_in_output": (None, False), "skip_special_tokens": (None, True),
+    "add_generation_prompt": (None, True), "continue_final_message": (None, False),
+    "chat_template": _NONE, "chat_template_kwargs": (None, {}), "documents": _NONE,
+    "echo": (None, False),
+}
+# Known fields with no effect on generation here, accepted as they are.
+IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "priority",
+           "request_id", "stream_options"}
 
 
 class TreeSpec(BaseModel):
@@ -43,8 +71,15 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+def _same(value, neutral) -> bool:
+    """``value`` is ``neutral`` (booleans only match booleans: ``0`` is not ``false``)."""
+    if isinstance(value, bool) or isinstance(neutral, bool):
+        return value is neutral
+    return value == neutral
+
+
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
     model: str
     max_tokens: int | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
@@ -57,19 +92,85 @@ class _Common(BaseModel):
     stream_options: StreamOptions | None = None
     speculation: SpeculationSpec | None = None
     ignore_eos: bool = False  # vLLM's extra: generate up to max_tokens past end-of-sequence
+    stop_token_ids: list[int] = Field(default_factory=list, max_length=1024)  # vLLM's extra
     user: str | None = None
+    # Logits processors, applied at every tree node (``specgrove.logits_processors``).
+    presence_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(1.0, gt=0.0, le=100.0)  # vLLM's extra
+    min_p: float | None = Field(0.0, ge=0.0, le=1.0)  # vLLM's extra
+    min_tokens: int | None = Field(0, ge=0, le=INT32_MAX)  # vLLM's extra
+    logit_bias: dict[str, float] | None = Field(None, max_length=MAX_LOGIT_BIAS)
+
+    def logit_bias_pairs(self, vocab_size: int) -> tuple[tuple[int, float], ...]:
+        """``logit_bias`` as sorted (token id, bias) pairs, checked against the vocabulary."""
+        pairs = []
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.strip().isdigit() or not 0 <= int(key) < vocab_size:
+                raise InvalidRequest("logit_bias", f"{key!r} is not a token id of this model "
+                                                   f"(0 .. {vocab_size - 1})")
+            if not -100.0 <= bias <= 100.0:
+                raise InvalidRequest("logit_bias", f"bias {bias} for token {key} is outside [-100, 100]")
+            pairs.append((int(key), float(bias)))
+        return tuple(sorted(pairs))
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self):
+        """400 for a known field this server does not implement, unless it asks for nothing;
+        a warning for fields nobody knows."""
+        unknown = []
+        for name, value in (self.model_extra or {}).items():
+            if name in UNSUPPORTED:
+                if not any(_same(value, neutral) for neutral in UNSUPPORTED[name]):
+                    raise InvalidRequest(name, f"{name!r} is not supported by this server (send it "
+                                               f"unset or with its default value); see the README's "
+                                               f"field table")
+            elif name not in IGNORED:
+                unknown.append(name)
+        if unknown:
+            log.warning("ignoring unknown request fields: %s", ", ".join(sorted(unknown)[:20]))
+        return self
 
 
 class CompletionRequest(_Common):
-    prompt: Union[str, list[str]]
-    echo: Literal[False] = False
-    logprobs: None = None
+    # One prompt: a string, or token ids (a list of one of either is accepted too).
+    prompt: Union[str, list[int], list[str], list[list[int]]]
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str
+    # A string, or content parts of which only text parts are supported (joined by newlines).
+    content: Union[str, list[dict[str, Any]]]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        texts = []
+        for i, part in enumerate(self.content):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type")
+                raise InvalidRequest(f"content.{i}.type", f"only text content parts are supported, got {kind!r}")
+            texts.append(part["text"])
+        return "\n".join(texts)
+
+    def for_template(self) -> dict:
+        out = {"role": self.role, "content": self.text()}
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 class ChatRequest(_Common):
@@ -77,11 +178,26 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = None
     # Off: "<|im_start|>" in a message is text, never a control token (no forged turns).
     special_tokens_in_content: bool = False
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("top_logprobs", "needs logprobs: true")
+        return self
+
+    @property
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 def invalid(exc: ValidationError) -> InvalidRequest:
     """The first validation error, naming its field (``messages.0.role``, ``top_p``, ...)."""
     first = exc.errors()[0]
+    raised = first.get("ctx", {}).get("error")
+    if isinstance(raised, InvalidRequest):  # from a model validator, naming its own field
+        return raised
     where = ".".join(str(p) for p in first["loc"]) or "body"
     return InvalidRequest(where, first["msg"])
 
@@ -128,18 +244,42 @@ def job_spec(req: _Common, prompt_ids: list[int], info: TargetInfo, default_budg
         raise InvalidRequest("speculation.tree", f"{static_tree_size(budget.branching)} nodes "
                                                  f"exceed the target's limit of {info.max_tree_nodes}")
     stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-    sampling = SamplingParams(req.temperature, req.top_p, max(req.top_k, 0), req.seed)
+    min_tokens = req.min_tokens or 0
+    if min_tokens > max_tokens:
+        raise InvalidRequest("min_tokens", f"{min_tokens} is more than max_tokens {max_tokens}")
+    sampling = SamplingParams(
+        req.temperature, req.top_p, max(req.top_k, 0), req.seed, req.top_logprobs_wanted,
+        presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        min_p=req.min_p or 0.0, min_tokens=min_tokens, logit_bias=req.logit_bias_pairs(info.vocab_size),
+        stop_token_ids=tuple(sorted(set(req.stop_token_ids))))
     coupled = req.speculation.coupled if req.speculation is not None else True
+    bad = next((t for t in req.stop_token_ids if not 0 <= t < info.vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest("stop_token_ids", f"token {bad} is outside the vocabulary of {info.vocab_size}")
     return JobSpec(tuple(prompt_ids), max_tokens, sampling, stops, drafter, budget,
-                   adaptive=req.speculation is None, coupled=coupled, ignore_eos=req.ignore_eos)
+                   adaptive=req.speculation is None, coupled=coupled, ignore_eos=req.ignore_eos,
+                   stop_token_ids=frozenset(req.stop_token_ids))
 
 
-def prompt_ids_of(req: CompletionRequest | ChatRequest, codec: TextCodec) -> list[int]:
+def prompt_ids_of(req: CompletionRequest | ChatRequest, codec: TextCodec, vocab_size: int) -> list[int]:
     if isinstance(req, ChatRequest):
-        return codec.encode_chat([m.model_dump() for m in req.messages], req.special_tokens_in_content)
+        messages = []
+        for i, m in enumerate(req.messages):
+            try:
+                messages.append(m.for_template())
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"messages.{i}.{exc.field}", exc.reason) from exc
+        return codec.encode_chat(messages, req.special_tokens_in_content)
     prompt = req.prompt
-    if isinstance(prompt, list):
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
         if len(prompt) != 1:
-            raise InvalidRequest("prompt", "exactly one prompt per request is supported")
+            raise InvalidRequest("prompt", "exactly one prompt per request is supported (send "
+                                           "one request per prompt)")
         prompt = prompt[0]
+    if isinstance(prompt, list):  # token ids
+        bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest("prompt", f"token {bad} is outside the vocabulary of {vocab_size}")
+        return list(prompt)
     return codec.encode(prompt) if prompt else []

@@ -31,7 +31,13 @@ def _as_request(msg: gateway_pb2.GenerateRequest):
     s = msg.sampling
     common = dict(model=msg.model, max_tokens=msg.max_tokens or None,
                   temperature=s.temperature, top_p=s.top_p or 1.0, top_k=s.top_k,
-                  seed=s.seed if s.HasField("seed") else None, stop=list(msg.stop))
+                  seed=s.seed if s.HasField("seed") else None, stop=list(msg.stop),
+                  presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
+                  repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
+                  min_p=s.min_p, min_tokens=s.min_tokens,
+                  logit_bias={str(k): v for k, v in s.logit_bias.items()} or None,
+                  stop_token_ids=list(s.stop_token_ids))
+    wants_logprobs = s.HasField("logprobs")
     if msg.HasField("speculation"):
         sp = msg.speculation
         tree = None
@@ -44,8 +50,11 @@ def _as_request(msg: gateway_pb2.GenerateRequest):
                                                 tree=tree, coupled=coupled)
     if msg.WhichOneof("input") == "messages":
         return ChatRequest(messages=[ChatMessage(role=m.role, content=m.content)
-                                     for m in msg.messages.messages], **common)
-    return CompletionRequest(prompt=msg.prompt, **common)
+                                     for m in msg.messages.messages],
+                           special_tokens_in_content=msg.messages.special_tokens_in_content,
+                           logprobs=wants_logprobs, top_logprobs=s.logprobs if wants_logprobs else None,
+                           **common)
+    return CompletionRequest(prompt=msg.prompt, logprobs=s.logprobs if wants_logprobs else None, **common)
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -60,7 +69,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise invalid(exc) from exc
         if req.model and req.model != st.model_id:
             raise InvalidRequest("model", f"unknown model {req.model!r}; this server serves {st.model_id!r}")
-        ids = prompt_ids_of(req, st.codec)
+        ids = prompt_ids_of(req, st.codec, st.info.vocab_size)
         chat = isinstance(req, ChatRequest)
         default_max = None if chat else st.cfg.default_max_tokens
         spec = job_spec(req, ids, st.info, st.cfg.default_budget, st.drafters, default_max)
@@ -93,7 +102,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     yield self._last(job, rid, ev.reason)
                     return
                 msg = gateway_pb2.GenerateResponse(request_id=rid, text=ev.text, token_ids=ev.token_ids,
-                                                   accepted_tokens=ev.accepted)
+                                                   accepted_tokens=ev.accepted,
+                                                   logprobs=[lp.to_pb() for lp in ev.logprobs])
                 if first:
                     msg.effective.CopyFrom(self._effective(job))
                     first = False

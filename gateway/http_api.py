@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from gateway.api_schema import ChatRequest, CompletionRequest, invalid, job_spec, prompt_ids_of
 from gateway.job import Delta, Finished, Job
+from gateway.logprobs_format import chat_logprobs, completion_logprobs
 from gateway.orchestrator import Overloaded
 from gateway.speculation import effective_speculation
 from gateway.state import GatewayState
@@ -73,11 +74,20 @@ def create_app(state: GatewayState) -> FastAPI:
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    def card() -> dict:
+        return {"id": state.model_id, "object": "model", "created": 0, "owned_by": "specgrove",
+                "max_model_len": state.info.max_model_len}
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": state.model_id, "object": "model",
-                                            "created": 0, "owned_by": "specgrove",
-                                            "max_model_len": state.info.max_model_len}]}
+        return {"object": "list", "data": [card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id != state.model_id:
+            return error(404, f"the model {model_id!r} does not exist; this server serves "
+                              f"{state.model_id!r}", "model", "model_not_found")
+        return card()
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -152,7 +162,7 @@ async def _generate(state: GatewayState, request: Request, model_cls):
         if req.model != state.model_id:
             return error(400, f"unknown model {req.model!r}; this server serves {state.model_id!r}",
                          "model", "model_not_found")
-        ids = prompt_ids_of(req, state.codec)
+        ids = prompt_ids_of(req, state.codec, state.info.vocab_size)
         await state.know_drafter(req.speculation.drafter if req.speculation else None)
         default_max = state.cfg.default_max_tokens if model_cls is CompletionRequest else None
         spec = job_spec(req, ids, state.info, state.cfg.default_budget, state.drafters, default_max)
@@ -202,13 +212,23 @@ def _usage(job: Job) -> dict:
     return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
 
 
+def _logprobs(state: GatewayState, job: Job, chat: bool, logprobs: list, offset: int = 0) -> dict | None:
+    """The choice's ``logprobs`` in the route's shape; None when the request did not ask."""
+    if job.spec.sampling.logprobs is None:
+        return None
+    if chat:
+        return chat_logprobs(state.codec, logprobs)
+    return completion_logprobs(state.codec, logprobs, offset)
+
+
 async def _whole(state: GatewayState, job: Job, rid: str, chat: bool):
-    text, reason = [], None
+    text, reason, logprobs = [], None, []
     try:
         while True:
             ev = await job.events.get()
             if isinstance(ev, Delta):
                 text.append(ev.text)
+                logprobs += ev.logprobs
             elif isinstance(ev, Finished):
                 reason = ev.reason
                 break
@@ -217,9 +237,10 @@ async def _whole(state: GatewayState, job: Job, rid: str, chat: bool):
     finally:
         job.cancel()  # no-op once finished; frees the sequence if this handler was cancelled
     body = "".join(text)
+    lp = _logprobs(state, job, chat, logprobs)
     choice = ({"index": 0, "message": {"role": "assistant", "content": body},
-               "finish_reason": reason, "logprobs": None} if chat else
-              {"index": 0, "text": body, "finish_reason": reason, "logprobs": None})
+               "finish_reason": reason, "logprobs": lp} if chat else
+              {"index": 0, "text": body, "finish_reason": reason, "logprobs": lp})
     return {"id": rid, "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": state.model_id, "choices": [choice],
             "usage": _usage(job), "specgrove": _stats(state, job)}
@@ -230,23 +251,29 @@ async def _sse(state: GatewayState, job: Job, rid: str, chat: bool, include_usag
 
     def chunk(choices: list, **extra) -> str:
         body = {"id": rid, "object": obj, "created": created, "model": state.model_id,
-                "choices": choices, **extra}
+                "choices": choices, **({"usage": None} if include_usage else {}), **extra}
         return f"data: {json.dumps(body)}\n\n"
 
-    def choice(text: str | None, reason: str | None, first: bool = False) -> dict:
+    offset = 0  # of the next token in the completion's text (completions' text_offset)
+
+    def choice(text: str | None, reason: str | None, first: bool = False, logprobs=()) -> dict:
+        nonlocal offset
+        lp = _logprobs(state, job, chat, list(logprobs), offset) if logprobs else None
+        if lp is not None and not chat:
+            offset += sum(len(t) for t in lp["tokens"])
         if chat:
             delta = ({"role": "assistant", "content": text or ""} if first
                      else ({"content": text} if text else {}))
-            return {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
-        return {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
+            return {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": lp}
+        return {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": lp}
 
     try:
         first = True
         while True:
             ev = await job.events.get()
             if isinstance(ev, Delta):
-                if ev.text or first:
-                    yield chunk([choice(ev.text, None, first)])
+                if ev.text or first or ev.logprobs:
+                    yield chunk([choice(ev.text, None, first, ev.logprobs)])
                     first = False
             elif isinstance(ev, Finished):
                 yield chunk([choice(None, ev.reason)], specgrove=_stats(state, job))

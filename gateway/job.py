@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.text import IncrementalDecoder, StopMatcher, TextCodec
-from specgrove.types import MAX_FEATURE_ROWS, Features, SamplingParams, TreeBudget
+from specgrove.types import MAX_FEATURE_ROWS, Features, SamplingParams, TokenLogprob, TreeBudget
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class JobSpec:
     adaptive: bool = False  # on the gateway's default speculation: the controller may skip it
     coupled: bool = True  # model drafts ranked by the request's sampling noise (never changes output)
     ignore_eos: bool = False  # keep generating past end-of-sequence tokens (up to max_tokens)
+    stop_token_ids: frozenset[int] = frozenset()  # more tokens that end the request (not shown as text)
     request_id: str = ""  # the response's id, for traces
     operation: str = "text_completion"  # or "chat" (the GenAI semantic conventions' names)
 
@@ -37,6 +38,9 @@ class Delta:
     text: str
     token_ids: tuple[int, ...]
     accepted: int  # how many of token_ids came from accepted draft nodes
+    # When the request asked for them: one per token of ``token_ids`` that is text (stop and
+    # end-of-sequence tokens have none, as they have no text).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ class Job:
         """``codec`` None: tokens only, no text (callers that never look at text)."""
         self.seq_id = seq_id
         self.spec = spec
-        self.stop_ids = frozenset() if spec.ignore_eos else stop_ids
+        self.stop_ids = (frozenset() if spec.ignore_eos else stop_ids) | spec.stop_token_ids
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.tokens: list[int] = []
         self.stats = JobStats()
@@ -111,8 +115,10 @@ class Job:
         """The client went away; the step loop releases the sequence at the next step."""
         self.cancelled = True
 
-    def add_tokens(self, tokens: tuple[int, ...], accepted: int) -> bool:
-        """Append a step's tokens, stream their text; False once the job has finished."""
+    def add_tokens(self, tokens: tuple[int, ...], accepted: int,
+                   logprobs: tuple[TokenLogprob, ...] = ()) -> bool:
+        """Append a step's tokens (with their log-probabilities when asked for), stream their
+        text; False once the job has finished."""
         take: list[int] = []
         reason = ""
         for tok in tokens:
@@ -129,7 +135,8 @@ class Job:
         out, hit_stop = self._text(take, final=bool(reason))
         if hit_stop:
             reason = "stop"
-        self.events.put_nowait(Delta(out, tuple(take), min(accepted, len(take))))
+        kept = tuple(lp for tok, lp in zip(take, logprobs) if tok not in self.stop_ids)
+        self.events.put_nowait(Delta(out, tuple(take), min(accepted, len(take)), kept))
         if reason:
             self.finish(Finished(reason))
         return not reason

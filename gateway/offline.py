@@ -16,6 +16,7 @@ from gateway.observe import Observer
 from gateway.orchestrator import Orchestrator, SchedulerConfig
 from gateway.text import TextCodec
 from specgrove.ports import DraftPort, TargetPort
+from specgrove.types import TokenLogprob
 
 # Offline callers submit everything at once: no queue limit.
 OFFLINE = SchedulerConfig(max_waiting=1 << 30)
@@ -29,19 +30,22 @@ class Completion:
     stats: JobStats = field(default_factory=JobStats)
     error: Failed | None = None
     job: Job | None = field(default=None, repr=False)
+    logprobs: list[TokenLogprob] = field(default_factory=list, repr=False)  # when asked for
 
 
 async def collect(job: Job) -> Completion:
     """Drain a job's events until it ends."""
     text: list[str] = []
+    logprobs: list[TokenLogprob] = []
     while True:
         ev = await job.events.get()
         if isinstance(ev, Delta):
             text.append(ev.text)
+            logprobs += ev.logprobs
         elif isinstance(ev, Finished):
-            return Completion(list(job.tokens), "".join(text), ev.reason, job.stats, job=job)
+            return Completion(list(job.tokens), "".join(text), ev.reason, job.stats, job=job, logprobs=logprobs)
         else:
-            return Completion(list(job.tokens), "".join(text), "error", job.stats, ev, job)
+            return Completion(list(job.tokens), "".join(text), "error", job.stats, ev, job, logprobs)
 
 
 async def run_all(orch: Orchestrator, specs: Sequence[JobSpec]) -> list[Completion]:

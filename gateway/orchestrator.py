@@ -166,7 +166,7 @@ class Orchestrator:
             self.obs.step_item(span, job, draft.tree, draft.label, res)  # before the job may end
             job.new_tokens += res.new_tokens
             job.add_features(res.features)
-            if not job.add_tokens(res.new_tokens, len(res.accepted_tokens)) or job.cancelled:
+            if not job.add_tokens(res.new_tokens, len(res.accepted_tokens), res.logprobs) or job.cancelled:
                 finished.append(job)
         self.obs.step_done(span, [d.tree for d in drafts], [d.label for d in drafts], results,
                            self.target.free_blocks)
@@ -204,7 +204,9 @@ class Orchestrator:
     async def _prefill(self, jobs: list[Job]) -> None:
         for j in jobs:
             j.feature_layers = self.proposer.feature_layers(j)
-        reqs = [PrefillRequest(j.seq_id, tuple(j.history), j.spec.sampling, j.feature_layers) for j in jobs]
+        # A preempted job comes back with its output so far: the target counts it as output.
+        reqs = [PrefillRequest(j.seq_id, tuple(j.history), j.spec.sampling, j.feature_layers, len(j.tokens))
+                for j in jobs]
         try:
             with self.obs.prefill_span(jobs):
                 firsts = await self.target.prefill(reqs)
@@ -224,7 +226,7 @@ class Orchestrator:
             job.new_tokens = ()
             job.unsent_features = None
             job.add_features(res.features)
-            if job.add_tokens((res.first_token,), 0):
+            if job.add_tokens((res.first_token,), 0, (res.first_logprob,) if res.first_logprob else ()):
                 self.running.append(job)
             else:
                 await self._release([job])
@@ -269,5 +271,7 @@ class Orchestrator:
         try:
             self.free_blocks = await self.target.release([j.seq_id for j in jobs])
         except ServiceError:
-            pass
+            pass  # a target that died forgot them; one that answers frees their blocks
+        # The draft service outlives a target failure: without this its sequences would leak.
+        await self._release_drafts([j for j in jobs if j.draft_synced])
         await asyncio.sleep(0.05)

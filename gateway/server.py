@@ -4,7 +4,8 @@ Start-up waits for the target service to answer ``Info`` (it may still be loadin
 tokenizer of the target's model, and starts the step loop. SIGTERM: stop admitting, let running
 requests finish within the grace period, then stop both servers. Tracing (``cfg.telemetry``)
 instruments the gRPC server and the channels to the draft / target services, whose calls then
-carry the W3C trace context in their metadata.
+carry the W3C trace context in their metadata. With ``cfg.tls`` the gRPC port serves TLS (mutual
+with a CA) and the same certificate is the gateway's client certificate towards the services.
 """
 from __future__ import annotations
 
@@ -73,17 +74,18 @@ class GatewayServer:
         cfg = self.cfg
         self.telemetry = tel = start_telemetry(cfg.telemetry, "specgrove-gateway")
         token = cfg.service_token or None
-        target = TargetClient(cfg.target, cfg.rpc_timeout_s, tel.client_interceptors(), token)
-        draft = DraftClient(cfg.draft, cfg.rpc_timeout_s, tel.client_interceptors(), token)
+        target = TargetClient(cfg.target, cfg.rpc_timeout_s, tel.client_interceptors(), token, cfg.tls)
+        draft = DraftClient(cfg.draft, cfg.rpc_timeout_s, tel.client_interceptors(), token, cfg.tls)
         info = await wait_for_target(target, wait_s)
         codec = TextCodec(Path(cfg.model_dir) if cfg.model_dir else model_dir(info.model))
         self.state = state = GatewayState(cfg, target, draft, info, codec, tel.tracer)
         await state.refresh_drafters()
         state.orchestrator.start()
         self._health_task = asyncio.create_task(self._watch_health(), name="health-watch")
-        self.grpc = GrpcService([SERVICE_NAME], tel.server_interceptors(), state.auth)
+        self.grpc = GrpcService([SERVICE_NAME], tel.server_interceptors(), state.auth,
+                                max_receive_bytes=cfg.max_body_bytes)
         gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(state), self.grpc.server)
-        self.grpc_port = await self.grpc.start(cfg.host, cfg.grpc_port)
+        self.grpc_port = await self.grpc.start(cfg.host, cfg.grpc_port, cfg.tls)
         await self.grpc.set_serving()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -82,6 +82,9 @@ class Proposer:
         self.draft_down_until = 0.0
         self.drafter_layers: dict[str, tuple[int, ...]] = {}  # feature drafters' target layers
         self.default_drafter = ""
+        # Sequences a failed draft call may have left registered (a timeout on a live service):
+        # released at the next contact, before any of them is prefilled again.
+        self.unsure: set[int] = set()
 
     def use_drafters(self, infos: Sequence[DrafterInfo]) -> None:
         """What the draft service has loaded (refreshed by the gateway)."""
@@ -155,6 +158,9 @@ class Proposer:
     async def _draft(self, jobs: Sequence[Job], budgets: dict[int, TreeBudget]) -> dict[int, StepDraft]:
         started = time.monotonic()
         try:
+            if self.unsure:
+                await self.draft.release(sorted(self.unsure))
+                self.unsure.clear()
             unsynced = [j for j in jobs if not j.draft_synced]
             if unsynced:  # new jobs, or all of them after the draft service came back
                 await self.draft.prefill([DraftPrefill(j.seq_id, tuple(j.history), j.spec.sampling,
@@ -170,6 +176,7 @@ class Proposer:
             self.draft_down_until = time.monotonic() + self.draft_retry_s
             for j in jobs:
                 j.draft_synced = False
+            self.unsure.update(j.seq_id for j in jobs)
             return {}
         if not unsynced:  # a first draft (prefill, catch-up over the prompt) is no steady-state cost
             self.controller.observe_draft(time.monotonic() - started)

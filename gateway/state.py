@@ -16,6 +16,7 @@ from specgrove.auth import KeyPolicy
 from specgrove.errors import ServiceError
 from specgrove.ports import DraftPort, TargetPort
 from specgrove.telemetry import TelemetryConfig
+from specgrove.tls import TlsConfig
 from specgrove.types import TargetInfo, TreeBudget
 
 
@@ -36,6 +37,7 @@ class GatewayConfig:
     api_keys: tuple[str, ...] = ()  # REST and gRPC callers must send one (none = open)
     admin_keys: tuple[str, ...] = ()  # required for loading / unloading drafters when given
     service_token: str = ""  # sent to the target and draft services
+    tls: TlsConfig | None = None  # the gRPC port's TLS and the client certificate towards the services
     max_requests_per_second: int = 0  # admission rate limit (0 = none); excess requests wait
     max_body_bytes: int = 1 << 20
     rpc_timeout_s: float = 30.0

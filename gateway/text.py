@@ -128,6 +128,10 @@ class TextCodec:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def token_text(self, token_id: int) -> str:
+        """One token as text (special tokens included; a partial UTF-8 sequence shows as U+FFFD)."""
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
 
 def _raise(message: str):
     raise jinja2.TemplateError(message)

@@ -4,20 +4,23 @@ Dataclasses in, dataclasses out (``specgrove.ports``). Every call carries a dead
 (``timeout_s``); a failed call raises the ``specgrove.errors`` class of its status code
 (``Unavailable`` for an unreachable service or a missed deadline), the same errors the
 in-process ports raise. ``token`` is sent as ``authorization: Bearer`` metadata (the services'
-shared token, ``specgrove.auth``). ``interceptors`` (e.g. ``Telemetry.client_interceptors()``) wrap every
+shared token, ``specgrove.auth``); with ``tls`` (``specgrove.tls``) the channel is TLS and
+presents the process's certificate (mutual TLS), else plaintext. ``interceptors`` (e.g. ``Telemetry.client_interceptors()``) wrap every
 call on the channel.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specgrove.auth import call_metadata
-from specgrove.errors import from_status
+from specgrove.errors import ServiceError, from_status
 from specgrove.pb.v1 import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from specgrove.service import SERVER_OPTIONS
+from specgrove.tls import TlsConfig
 from specgrove.types import (
     DrafterInfo,
     DraftInfo,
@@ -32,19 +35,50 @@ from specgrove.types import (
 )
 
 
+# Prefill batches are split so that no message comes near the services' gRPC size limits
+# (``specgrove.service``): features travel target -> gateway -> draft at 2 bytes a value, and
+# one 8k-token prompt with SmolLM2's three feature layers is 28 MB of them; three such prompts
+# in one call would be refused.
+PREFILL_MESSAGE_BYTES = 16 << 20
+
+
+def split_by_size(items: Sequence, size_of, budget: int) -> list[list]:
+    """Consecutive groups of ``items`` whose sizes add up to at most ``budget``; an item larger
+    than the budget goes alone. Order is kept, so results concatenate back in request order."""
+    groups: list[list] = [[]]
+    used = 0
+    for item in items:
+        size = size_of(item)
+        if groups[-1] and used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += size
+    return groups if groups[0] else []
+
+
 # A restarted service is found again within ~2 s (gRPC's default backoff grows to 120 s).
 CHANNEL_OPTIONS = SERVER_OPTIONS + (("grpc.initial_reconnect_backoff_ms", 500),
                                     ("grpc.max_reconnect_backoff_ms", 2000))
 
 
+def open_channel(address: str, tls: TlsConfig | None = None, options: Sequence = CHANNEL_OPTIONS,
+            interceptors: Sequence = ()) -> grpc.aio.Channel:
+    """The one way this system opens a gRPC channel: TLS with ``tls``, plaintext without."""
+    chain = list(interceptors) or None
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=options, interceptors=chain)
+    return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options,
+                                   interceptors=chain)
+
+
 class _Client:
     def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = (),
-                 token: str | None = None) -> None:
+                 token: str | None = None, tls: TlsConfig | None = None) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self.metadata = call_metadata(token)  # the service token on every call
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS,
-                                                 interceptors=list(interceptors) or None)
+        self.channel = open_channel(address, tls, interceptors=interceptors)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def _call(self, method, request, timeout_s: float | None = None):
@@ -74,21 +108,37 @@ class _Client:
 
 class TargetClient(_Client):
     def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = (),
-                 token: str | None = None) -> None:
-        super().__init__(address, timeout_s, interceptors, token)
+                 token: str | None = None, tls: TlsConfig | None = None) -> None:
+        super().__init__(address, timeout_s, interceptors, token, tls)
         self.stub = target_pb2_grpc.TargetServiceStub(self.channel)
         self.free_blocks: int | None = None  # as of the last reply that reported it
+        self.hidden_size = 0  # from Info: sizes the features a Prefill returns
 
     async def info(self) -> TargetInfo:
         msg = await self._call(self.stub.Info, common_pb2.InfoRequest())
         self.free_blocks = msg.free_blocks
+        self.hidden_size = msg.hidden_size
         return TargetInfo.from_pb(msg)
 
     async def prefill(self, requests: Sequence[PrefillRequest]) -> list[PrefillResult]:
-        batch = target_pb2.PrefillBatch(requests=[r.to_pb() for r in requests])
-        msg = await self._call(self.stub.Prefill, batch)
-        self.free_blocks = msg.free_blocks
-        return [PrefillResult.from_pb(r) for r in msg.results]
+        """Prefill in as many calls as the features they return need (one call without them)."""
+        def message_bytes(r: PrefillRequest) -> int:  # prompt varints out, features back
+            return len(r.prompt_ids) * (5 + len(r.feature_layers) * self.hidden_size * 2)
+
+        results: list[PrefillResult] = []
+        for group in split_by_size(requests, message_bytes, PREFILL_MESSAGE_BYTES):
+            try:
+                msg = await self._call(self.stub.Prefill,
+                                       target_pb2.PrefillBatch(requests=[r.to_pb() for r in group]))
+            except ServiceError:
+                # All or nothing, as one call would be: the caller retries or fails the whole batch.
+                if results:
+                    with contextlib.suppress(ServiceError):
+                        await self.release([r.seq_id for r in results])
+                raise
+            self.free_blocks = msg.free_blocks
+            results.extend(PrefillResult.from_pb(r) for r in msg.results)
+        return results
 
     async def verify(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
         batch = target_pb2.VerifyBatch(items=[i.to_pb() for i in items])
@@ -105,16 +155,19 @@ class TargetClient(_Client):
 
 class DraftClient(_Client):
     def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = (),
-                 token: str | None = None) -> None:
-        super().__init__(address, timeout_s, interceptors, token)
+                 token: str | None = None, tls: TlsConfig | None = None) -> None:
+        super().__init__(address, timeout_s, interceptors, token, tls)
         self.stub = draft_pb2_grpc.DraftServiceStub(self.channel)
 
     async def info(self) -> DraftInfo:
         return DraftInfo.from_pb(await self._call(self.stub.Info, common_pb2.InfoRequest()))
 
     async def prefill(self, sequences: Sequence[DraftPrefill]) -> None:
-        batch = draft_pb2.DraftPrefillBatch(sequences=[s.to_pb() for s in sequences])
-        await self._call(self.stub.Prefill, batch)
+        def message_bytes(s: DraftPrefill) -> int:
+            return 5 * len(s.token_ids) + (len(s.features.data) if s.features is not None else 0)
+
+        for group in split_by_size(sequences, message_bytes, PREFILL_MESSAGE_BYTES):
+            await self._call(self.stub.Prefill, draft_pb2.DraftPrefillBatch(sequences=[s.to_pb() for s in group]))
 
     async def propose(self, requests: Sequence[ProposeRequest]) -> list[ProposeResult]:
         batch = draft_pb2.ProposeBatch(requests=[r.to_pb() for r in requests])

@@ -51,6 +51,13 @@ class Unauthenticated(ServiceError):
     code = "UNAUTHENTICATED"
 
 
+class PermissionDenied(ServiceError):
+    """The caller is known but may not do this (PERMISSION_DENIED / HTTP 403): a drafter
+    outside the draft service's load allow-list."""
+
+    code = "PERMISSION_DENIED"
+
+
 class Unavailable(ServiceError):
     """The service cannot answer now: loading, down, unreachable, or past the deadline."""
 
@@ -65,6 +72,8 @@ def from_status(code_name: str, message: str) -> ServiceError:
         return UnknownSequence(message)
     if code_name == "RESOURCE_EXHAUSTED":
         return ResourceExhausted(message)
+    if code_name == "PERMISSION_DENIED" and "allow" in message:
+        return PermissionDenied(message)
     if code_name in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
         return Unauthenticated(f"{message or code_name} (check --service-token / SPECGROVE_SERVICE_TOKEN)")
     if code_name in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "UNKNOWN", "ABORTED"):

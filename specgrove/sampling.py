@@ -41,6 +41,7 @@ distribution ``q`` is *not* lossless and is deliberately absent.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import torch
@@ -102,13 +103,17 @@ def position_noise(seed: int, positions: Sequence[int], vocab: int,
 
 
 def target_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """``log p`` up to a constant per row: temperature, then top-k, then top-p. [N, V] -> [N, V]
+    """``log p`` up to a constant per row: temperature, then min-p, top-k, top-p. [N, V] -> [N, V]
 
-    Tokens outside the top-k / top-p set are ``-inf``. Works in float64 for float64 logits,
+    ``logits`` are the model's after the request's logits processors
+    (``specgrove.logits_processors``). Tokens outside the min-p / top-k / top-p set are ``-inf``. Works in float64 for float64 logits,
     else float32.
     """
     work_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
     scaled = logits.to(work_dtype) / params.temperature
+    if params.min_p > 0.0:  # p(v) < min_p * max p  <=>  logit(v) < max logit + log(min_p)
+        floor = scaled.max(dim=-1, keepdim=True).values + math.log(params.min_p)
+        scaled = scaled.masked_fill(scaled < floor, float("-inf"))
     if 0 < params.top_k < scaled.shape[-1]:
         kth = torch.topk(scaled, params.top_k, dim=-1).values[..., -1:]  # [N, 1]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))

@@ -22,11 +22,21 @@ from grpc_reflection.v1alpha import reflection
 from specgrove import telemetry
 from specgrove.auth import BearerAuthInterceptor, KeyPolicy
 from specgrove.errors import ServiceError, Unavailable
+from specgrove.tls import TlsConfig
 from specgrove.tree import TreeError
 
 log = logging.getLogger("specgrove.service")
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Message size limits. Replies may be large (a long prompt's features); what a service accepts
+# is bounded by what its callers legitimately send, so an oversized request is refused by gRPC
+# (RESOURCE_EXHAUSTED) before it is read into memory:
+# - the gateway's public port: its request body limit (``--max-body-bytes``), as on REST;
+# - the target: prompts and trees (clients split Prefill batches at 16 MiB,
+#   ``specgrove.clients.PREFILL_MESSAGE_BYTES``; a 64-node tree for 256 sequences is ~200 KB);
+# - the draft: one sequence's history with its features may alone be ~30 MB (8k tokens of
+#   SmolLM2 with three feature layers), so it keeps the larger limit.
+MAX_MESSAGE_BYTES = 64 << 20
+TARGET_RECEIVE_BYTES = 32 << 20
 SERVER_OPTIONS = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -83,14 +93,17 @@ def rpc(method: Callable[..., Awaitable]):
 
 
 class GrpcService:
-    """A grpc.aio server with health (NOT_SERVING until ready), reflection, and bearer-token
-    authentication when ``auth`` holds keys (``specgrove.auth``)."""
+    """A grpc.aio server with health (NOT_SERVING until ready), reflection, bearer-token
+    authentication when ``auth`` holds keys (``specgrove.auth``) and TLS when started with a
+    ``TlsConfig`` (``specgrove.tls``)."""
 
     def __init__(self, service_names: Iterable[str], interceptors: Iterable = (),
-                 auth: KeyPolicy | None = None) -> None:
+                 auth: KeyPolicy | None = None, max_receive_bytes: int = MAX_MESSAGE_BYTES) -> None:
         # Authentication first: a refused call never reaches tracing or the servicer.
         chain = ([BearerAuthInterceptor(auth)] if auth is not None and auth.enabled else []) + list(interceptors)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=chain or None)
+        options = (("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_receive_message_length", max_receive_bytes))
+        self.server = grpc.aio.server(options=options, interceptors=chain or None)
         self.names = list(service_names)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -98,8 +111,12 @@ class GrpcService:
             self.names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                           reflection.SERVICE_NAME], self.server)
 
-    async def start(self, host: str, port: int) -> int:
-        bound = self.server.add_insecure_port(f"{host}:{port}")
+    async def start(self, host: str, port: int, tls: TlsConfig | None = None) -> int:
+        """Listen on ``host:port``: TLS (mutual when ``tls`` has a CA) or, without ``tls``,
+        plaintext."""
+        address = f"{host}:{port}"
+        bound = (self.server.add_secure_port(address, tls.server_credentials()) if tls is not None
+                 else self.server.add_insecure_port(address))
         if bound == 0:
             raise OSError(f"cannot listen on {host}:{port}")
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -1,8 +1,10 @@
 """The lifecycle the target and draft services share.
 
 Listen at once with health NOT_SERVING, load (model, drafters) off the event loop, report
-SERVING; with a service token, refuse callers that do not hold it; on SIGTERM / SIGINT report NOT_SERVING and let calls in flight finish within the grace
-period; on a fatal error (``ServiceDown``: e.g. a tensor-parallel rank died) say so, stop, and
+SERVING; with a service token, refuse callers that do not hold it; with a ``TlsConfig``, serve
+TLS (mutual with a CA: callers without a certificate from it cannot connect); on SIGTERM /
+SIGINT report NOT_SERVING and let calls in flight finish within the grace period; on a fatal
+error (``ServiceDown``: e.g. a tensor-parallel rank died) say so, stop, and
 make ``serve_forever`` raise it so the process exits non-zero. Subclasses say what to register,
 how to load and what to close.
 """
@@ -14,8 +16,9 @@ import logging
 import grpc
 
 from specgrove.auth import KeyPolicy
-from specgrove.service import GrpcService, run_until_signal
+from specgrove.service import MAX_MESSAGE_BYTES, GrpcService, run_until_signal
 from specgrove.telemetry import Telemetry, TelemetryConfig, start_telemetry
+from specgrove.tls import TlsConfig
 
 log = logging.getLogger("specgrove.service")
 
@@ -23,10 +26,12 @@ log = logging.getLogger("specgrove.service")
 class ServiceServer:
     service_name = ""  # full proto service name, for health and reflection
     telemetry_name = ""  # OpenTelemetry service.name default
+    max_receive_bytes = MAX_MESSAGE_BYTES  # the largest request accepted (``specgrove.service``)
 
     def __init__(self, host: str, port: int, grace_s: float, telemetry: TelemetryConfig,
-                 service_token: str = "") -> None:
+                 service_token: str = "", tls: TlsConfig | None = None) -> None:
         self.host, self.requested_port, self.grace_s = host, port, grace_s
+        self.tls = tls  # None: plaintext
         self.auth = KeyPolicy((service_token,))  # open when no token is set
         self.telemetry_cfg = telemetry
         self.telemetry = Telemetry.off()
@@ -50,9 +55,10 @@ class ServiceServer:
         """Listen (NOT_SERVING) and start loading; returns the bound port."""
         self.telemetry = start_telemetry(self.telemetry_cfg, self.telemetry_name)
         # grpc.aio servers bind to the running loop: created here, not in __init__.
-        self.grpc = GrpcService([self.service_name], self.telemetry.server_interceptors(), self.auth)
+        self.grpc = GrpcService([self.service_name], self.telemetry.server_interceptors(), self.auth,
+                                self.max_receive_bytes)
         self._register(self.grpc.server)
-        self.port = await self.grpc.start(self.host, self.requested_port)
+        self.port = await self.grpc.start(self.host, self.requested_port, self.tls)
         self._loaded = asyncio.ensure_future(self._load_then_serve())
         return self.port
 

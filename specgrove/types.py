@@ -18,6 +18,8 @@ from specgrove.tree import TokenTree, static_tree_size
 # Temperatures below this decode greedily (as vLLM does): dividing logits by 1e-300 overflows
 # to inf and the distribution is a point mass at the argmax anyway.
 GREEDY_BELOW = 1e-5
+MAX_TOP_LOGPROBS = 20  # alternatives per token a request may ask for (vLLM's default cap)
+MAX_LOGIT_BIAS = 1024  # logit_bias entries per request
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,15 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0  # 0 = no top-k cut
     seed: int | None = None
+    logprobs: int | None = None  # emitted tokens' log-probabilities with this many alternatives
+    # Logits processors (``specgrove.logits_processors``), applied at every tree node.
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    min_tokens: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), sorted by id
+    stop_token_ids: tuple[int, ...] = ()  # masked with end-of-sequence before min_tokens
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0.0:
@@ -42,6 +53,30 @@ class SamplingParams:
             raise InvalidRequest("top_k", f"must be in [0, 2^31), got {self.top_k}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise InvalidRequest("seed", f"must be in [0, 2^63), got {self.seed}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest("top_logprobs", f"must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise InvalidRequest(name, f"must be in [-2, 2], got {getattr(self, name)}")
+        if not 0.0 < self.repetition_penalty <= 100.0:
+            raise InvalidRequest("repetition_penalty", f"must be in (0, 100], got {self.repetition_penalty}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise InvalidRequest("min_p", f"must be in [0, 1], got {self.min_p}")
+        if not 0 <= self.min_tokens < 2**31:
+            raise InvalidRequest("min_tokens", f"must be >= 0, got {self.min_tokens}")
+        if len(self.logit_bias) > MAX_LOGIT_BIAS or any(not -100.0 <= b <= 100.0 for _, b in self.logit_bias):
+            raise InvalidRequest("logit_bias", f"at most {MAX_LOGIT_BIAS} entries, each in [-100, 100]")
+
+    @property
+    def processes_logits(self) -> bool:
+        """Whether any logits processor changes the logits (the common case pays nothing)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.min_tokens or self.logit_bias)
+
+    @property
+    def counts_output(self) -> bool:
+        """Whether the processors need the tokens generated so far."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
     @property
     def greedy(self) -> bool:
@@ -56,12 +91,39 @@ class SamplingParams:
     @staticmethod
     def from_pb(msg: common_pb2.SamplingParams) -> "SamplingParams":
         seed = msg.seed if msg.HasField("seed") else None
-        return SamplingParams(msg.temperature, msg.top_p, msg.top_k, seed)
+        logprobs = msg.logprobs if msg.HasField("logprobs") else None
+        repetition = msg.repetition_penalty if msg.HasField("repetition_penalty") else 1.0
+        return SamplingParams(msg.temperature, msg.top_p, msg.top_k, seed, logprobs,
+                              msg.presence_penalty, msg.frequency_penalty, repetition, msg.min_p,
+                              msg.min_tokens, tuple(sorted(msg.logit_bias.items())),
+                              tuple(msg.stop_token_ids))
 
     def to_pb(self) -> common_pb2.SamplingParams:
         return common_pb2.SamplingParams(
-            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed,
+            logprobs=self.logprobs, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=None if self.repetition_penalty == 1.0 else self.repetition_penalty,
+            min_p=self.min_p, min_tokens=self.min_tokens, logit_bias=dict(self.logit_bias),
+            stop_token_ids=self.stop_token_ids,
         )
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """An emitted token's log-probability and the most likely tokens at its position."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, log-probability), most likely first
+
+    @staticmethod
+    def from_pb(msg: common_pb2.TokenLogprob) -> "TokenLogprob":
+        return TokenLogprob(msg.token_id, msg.logprob, tuple(zip(msg.top_ids, msg.top_logprobs)))
+
+    def to_pb(self) -> common_pb2.TokenLogprob:
+        return common_pb2.TokenLogprob(token_id=self.token_id, logprob=self.logprob,
+                                       top_ids=[t for t, _ in self.top], top_logprobs=[p for _, p in self.top])
 
 
 @dataclass(frozen=True)
@@ -201,16 +263,18 @@ class PrefillRequest:
     prompt_ids: tuple[int, ...]
     sampling: SamplingParams = SamplingParams()
     feature_layers: tuple[int, ...] = ()  # target layers whose hidden states the drafter needs
+    num_output_tokens: int = 0  # the last ones of prompt_ids that are output (after preemption)
 
     @staticmethod
     def from_pb(msg: target_pb2.PrefillRequest) -> "PrefillRequest":
         return PrefillRequest(msg.seq_id, tuple(msg.prompt_ids), SamplingParams.from_pb(msg.sampling),
-                              tuple(msg.feature_layers))
+                              tuple(msg.feature_layers), msg.num_output_tokens)
 
     def to_pb(self) -> target_pb2.PrefillRequest:
         return target_pb2.PrefillRequest(seq_id=self.seq_id, prompt_ids=self.prompt_ids,
                                          sampling=self.sampling.to_pb(),
-                                         feature_layers=self.feature_layers)
+                                         feature_layers=self.feature_layers,
+                                         num_output_tokens=self.num_output_tokens)
 
 
 @dataclass(frozen=True)
@@ -218,14 +282,17 @@ class PrefillResult:
     seq_id: int
     first_token: int  # the pending token: sampled, not yet run through the target
     features: Features | None = field(default=None, compare=False)  # one row per prompt token
+    first_logprob: TokenLogprob | None = field(default=None, compare=False)  # when asked for
 
     @staticmethod
     def from_pb(msg: target_pb2.PrefillResult) -> "PrefillResult":
-        return PrefillResult(msg.seq_id, msg.first_token, _features_of(msg))
+        first = TokenLogprob.from_pb(msg.first_logprob) if msg.HasField("first_logprob") else None
+        return PrefillResult(msg.seq_id, msg.first_token, _features_of(msg), first)
 
     def to_pb(self) -> target_pb2.PrefillResult:
         return target_pb2.PrefillResult(seq_id=self.seq_id, first_token=self.first_token,
-                                        features=self.features.to_pb() if self.features else None)
+                                        features=self.features.to_pb() if self.features else None,
+                                        first_logprob=self.first_logprob.to_pb() if self.first_logprob else None)
 
 
 @dataclass(frozen=True)
@@ -319,6 +386,7 @@ class VerifyResult:
     bonus_token: int  # sampled by the target after the last accepted node: the new pending
     accepted_nodes: tuple[int, ...] = field(default=(), compare=False)  # their node indices
     features: Features | None = field(default=None, compare=False)  # root + accepted rows
+    logprobs: tuple[TokenLogprob, ...] = field(default=(), compare=False)  # per new token, when asked for
 
     @property
     def new_tokens(self) -> tuple[int, ...]:
@@ -328,13 +396,15 @@ class VerifyResult:
     @staticmethod
     def from_pb(msg: target_pb2.VerifyResult) -> "VerifyResult":
         return VerifyResult(msg.seq_id, tuple(msg.accepted_tokens), msg.bonus_token,
-                            tuple(msg.accepted_nodes), _features_of(msg))
+                            tuple(msg.accepted_nodes), _features_of(msg),
+                            tuple(TokenLogprob.from_pb(x) for x in msg.logprobs))
 
     def to_pb(self) -> target_pb2.VerifyResult:
         return target_pb2.VerifyResult(
             seq_id=self.seq_id, accepted_tokens=self.accepted_tokens,
             bonus_token=self.bonus_token, accepted_nodes=self.accepted_nodes,
             features=self.features.to_pb() if self.features else None,
+            logprobs=[x.to_pb() for x in self.logprobs],
         )
 
 
@@ -351,12 +421,13 @@ class TargetInfo:
     max_num_seqs: int
     max_tree_nodes: int
     dtype: str
+    hidden_size: int = 0
 
     @staticmethod
     def from_pb(msg: target_pb2.TargetInfo) -> "TargetInfo":
         return TargetInfo(msg.model, msg.vocab_size, msg.max_model_len, msg.block_size,
                           msg.total_blocks, msg.free_blocks, msg.tp_size, tuple(msg.eos_token_ids),
-                          msg.max_num_seqs, msg.max_tree_nodes, msg.dtype)
+                          msg.max_num_seqs, msg.max_tree_nodes, msg.dtype, msg.hidden_size)
 
     def to_pb(self) -> target_pb2.TargetInfo:
         return target_pb2.TargetInfo(**self.__dict__)

@@ -19,6 +19,8 @@ import torch
 
 from specgrove import telemetry
 from specgrove.kv import KVCacheExhausted
+from specgrove.logits_processors import OutputHistory, process_logits
+from specgrove.logprobs import token_logprobs
 from specgrove.runner import ForwardItem, ForwardOutput, ModelRunner
 from specgrove.sampling import NoiseCache, accept_path, target_tokens
 from specgrove.tree import TokenTree
@@ -33,6 +35,7 @@ class _SeqState:
     noise: NoiseCache | None  # None for greedy sequences
     feature_layers: tuple[int, ...] = ()  # sorted; () = no features
     pending: int = -1
+    history: OutputHistory | None = None  # what the logits processors need (penalties ...)
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class TargetEngine:
             raise KVCacheExhausted(f"prompts need {need} KV blocks, {bm.num_free_blocks} are free")
         for r in requests:
             bm.add_sequence(r.seq_id)
-            self._seqs[r.seq_id] = self._new_state(r.sampling, r.feature_layers)
+            self._seqs[r.seq_id] = self._new_state(r)
         items = [ForwardItem(r.seq_id, r.prompt_ids, range(len(r.prompt_ids)),
                              capture=bool(r.feature_layers)) for r in requests]
         try:
@@ -90,9 +93,12 @@ class TargetEngine:
         for i, (r, lg) in enumerate(zip(requests, out.logits)):
             state = self._seqs[r.seq_id]
             # A root-only tree at the last prompt token: its "bonus" is the first new token.
-            _, first = self._accept(TokenTree.root_only(0), lg, state, len(r.prompt_ids) - 1)
+            _, first = self._accept(TokenTree.root_only(0), lg, state, len(r.prompt_ids) - 1, prefill=True)
             state.pending = first
-            results.append(PrefillResult(r.seq_id, first, self._features(out, layers, i, state, None)))
+            state.history.extend([first])
+            logprobs = token_logprobs(lg[-1:], [first], state.sampling.logprobs)
+            results.append(PrefillResult(r.seq_id, first, self._features(out, layers, i, state, None),
+                                         logprobs[0] if logprobs else None))
         return results
 
     def verify(self, items: Sequence[VerifyItem]) -> list[VerifyResult]:
@@ -124,8 +130,12 @@ class TargetEngine:
                 commits.append((it.seq_id, len(path) + 1, [0] + path))
                 state.pending = bonus
                 tokens = tuple(it.tree.token_ids[n] for n in path)
+                state.history.extend(tokens + (bonus,))
                 features = self._features(out, layers, i, state, [0] + path)
-                results.append(VerifyResult(it.seq_id, tokens, bonus, tuple(path), features))
+                # Rows [0] + path: the root's logits produced the first new token, each
+                # accepted node's the next one (the last node's, the bonus).
+                logprobs = token_logprobs(lg[[0] + path], list(tokens) + [bonus], state.sampling.logprobs)
+                results.append(VerifyResult(it.seq_id, tokens, bonus, tuple(path), features, logprobs))
             if span is not None:
                 span.set_attribute("specgrove.accepted_tokens",
                                    sum(len(r.accepted_tokens) for r in results))
@@ -161,15 +171,21 @@ class TargetEngine:
         picked = captured[:, cols] if rows is None else captured[rows][:, cols]
         return Features.from_tensor(picked)
 
-    def _new_state(self, sampling: SamplingParams, feature_layers=()) -> _SeqState:
-        sampling = sampling.seeded()
+    def _new_state(self, r: PrefillRequest) -> _SeqState:
+        sampling = r.sampling.seeded()
         noise = None if sampling.greedy else NoiseCache(sampling.seed, self.vocab_size, self.runner.device)
-        return _SeqState(sampling, noise, tuple(sorted(set(feature_layers))))
+        split = len(r.prompt_ids) - r.num_output_tokens
+        history = OutputHistory.start(sampling, r.prompt_ids[:split], r.prompt_ids[split:],
+                                      self.vocab_size, self.runner.device)
+        return _SeqState(sampling, noise, tuple(sorted(set(r.feature_layers))), history=history)
 
-    @staticmethod
-    def _accept(tree: TokenTree, logits: torch.Tensor, state: _SeqState, root_position: int):
-        """Accept a path of ``tree`` whose root sits at ``root_position``; logits: [N, V]."""
+    def _accept(self, tree: TokenTree, logits: torch.Tensor, state: _SeqState, root_position: int,
+                prefill: bool = False):
+        """Accept a path of ``tree`` whose root sits at ``root_position``; logits: [N, V]. At
+        prefill the root is the last prompt token, not output: no path of its own to count."""
         positions = [root_position + d + 1 for d in tree.depths]  # what each node predicts
+        logits = process_logits(logits, state.sampling, state.history, None if prefill else tree,
+                                self.runner.config.eos_token_ids)
         path, bonus = accept_path(tree, target_tokens(logits, state.sampling, positions, state.noise))
         if state.noise is not None:  # positions up to the bonus token are decided for good
             state.noise.forget_before(root_position + len(path) + 2)
@@ -196,6 +212,11 @@ class TargetEngine:
                     f"of {self.max_model_len} tokens",
                 )
             self._check_tokens("prompt_ids", r.prompt_ids)
+            if not 0 <= r.num_output_tokens < len(r.prompt_ids):
+                raise InvalidRequest("num_output_tokens", f"must be in [0, {len(r.prompt_ids)}), "
+                                                          f"got {r.num_output_tokens}")
+            self._check_tokens("sampling.logit_bias", [t for t, _ in r.sampling.logit_bias])
+            self._check_tokens("sampling.stop_token_ids", r.sampling.stop_token_ids)
             layers = self.runner.config.num_layers
             bad = next((l for l in r.feature_layers if not 0 <= l < layers), None)
             if bad is not None:

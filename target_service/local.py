@@ -39,6 +39,7 @@ class LocalTarget:
             self.model_name, eng.vocab_size, cap.max_model_len, cap.block_size, cap.total_blocks,
             cap.free_blocks, tp_size, tuple(eng.runner.config.eos_token_ids),
             self.limits.max_num_seqs, self.limits.max_tree_nodes, self.dtype,
+            eng.runner.config.hidden_size,
         )
 
     async def info(self) -> TargetInfo:

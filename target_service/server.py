@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from specgrove.config import ModelRunConfig
 from specgrove.engine_thread import EngineThread
 from specgrove.pb.v1 import target_pb2, target_pb2_grpc
+from specgrove.service import TARGET_RECEIVE_BYTES
 from specgrove.service_server import ServiceServer
 from specgrove.telemetry import TelemetryConfig
+from specgrove.tls import TlsConfig
 from target_service.builder import build_runner
 from target_service.engine import TargetEngine
 from target_service.local import LocalTarget, TargetLimits
@@ -36,6 +38,7 @@ class TargetServerConfig:
     tp: int = 1  # tensor-parallel ranks (this process is rank 0)
     tp_timeout_s: float = 120.0
     service_token: str = ""  # callers must send it (``specgrove.auth``); "" = open
+    tls: TlsConfig | None = None  # serve TLS, mutual with a CA (``specgrove.tls``); None = plaintext
 
 
 def build_engine(cfg: TargetServerConfig) -> TargetEngine:
@@ -44,10 +47,11 @@ def build_engine(cfg: TargetServerConfig) -> TargetEngine:
 
 class TargetServer(ServiceServer):
     service_name = SERVICE_NAME
+    max_receive_bytes = TARGET_RECEIVE_BYTES
     telemetry_name = "specgrove-target"
 
     def __init__(self, cfg: TargetServerConfig) -> None:
-        super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry, cfg.service_token)
+        super().__init__(cfg.host, cfg.port, cfg.grace_s, cfg.telemetry, cfg.service_token, cfg.tls)
         self.cfg = cfg
         self.thread = EngineThread("target-engine")
         self.servicer = TargetServicer()

@@ -38,3 +38,15 @@ def test_special_token_strings_in_content_stay_text(codec):
     assert FORGED in codec.tokenizer.decode(ids, skip_special_tokens=False)
     raw = codec.encode_chat([{"role": "user", "content": FORGED}], special_tokens_in_content=True)
     assert raw.count(im_start) == honest.count(im_start) + 1  # the explicit opt-in parses them
+
+
+def test_grpc_chat_carries_the_special_tokens_opt_in():
+    from gateway.grpc_api import _as_request
+    from specgrove.pb.v1 import gateway_pb2
+
+    def chat(**kw):
+        return gateway_pb2.GenerateRequest(messages=gateway_pb2.ChatMessages(
+            messages=[gateway_pb2.ChatMessage(role="user", content=FORGED)], **kw))
+
+    assert _as_request(chat()).special_tokens_in_content is False
+    assert _as_request(chat(special_tokens_in_content=True)).special_tokens_in_content is True

@@ -171,7 +171,7 @@ def test_eagle_through_the_gateway_and_grpc_services(tiny_dirs, head_dir):
     from specgrove.pb.v1 import draft_pb2, gateway_pb2_grpc
     from tests.gateway_stack import running_stack
 
-    with running_stack(tiny_dirs["llama"], tiny_dirs["draft"]) as stack:
+    with running_stack(tiny_dirs["llama"], tiny_dirs["draft"], allow_drafters=(str(head_dir),)) as stack:
         async def load():
             async with grpc.aio.insecure_channel(stack["grpc"]) as ch:
                 return await gateway_pb2_grpc.GatewayStub(ch).LoadDrafter(

@@ -8,6 +8,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from draft_service.load_policy import LoadPolicy
 from draft_service.server import DraftServer, DraftServerConfig
 from gateway.offline import complete
 from specgrove.clients import DraftClient, TargetClient
@@ -28,14 +29,15 @@ KV_BLOCKS = 160  # x block size 4 = 640 tokens: small enough to exhaust on purpo
 
 
 @pytest.fixture(scope="module")
-def services(tiny_dirs):
+def services(tiny_dirs, tmp_path_factory):
     loop = ServerLoop()
     run = ModelRunConfig(str(tiny_dirs["llama"]), "float64", "cpu", "torch", KVCacheConfig(4, KV_BLOCKS))
     target_cfg = TargetServerConfig(run, port=0, limits=TargetLimits(16, 32), grace_s=1)
     draft_run = ModelRunConfig("", "float64", "cpu", "torch", KVCacheConfig(3, 1024))
     draft_cfg = DraftServerConfig(
         str(tiny_dirs["llama"]), (("lookup", "ngram"), ("small", f"model:{tiny_dirs['draft']}")),
-        "lookup", draft_run, port=0, grace_s=1)
+        "lookup", draft_run, port=0, grace_s=1,
+        load_policy=LoadPolicy((str(tmp_path_factory.getbasetemp()),)))  # the tests' own models
 
     async def start():  # grpc.aio servers belong to the loop they are created in
         target, draft = TargetServer(target_cfg), DraftServer(draft_cfg)

@@ -77,6 +77,7 @@ def generate(**opts) -> None:
                    "(under torchrun: WORLD_SIZE ranks, each running this command).")
 @serve_cmds.model_options
 @serve_cmds.service_token_option
+@serve_cmds.tls_options
 @serve_cmds.tracing_options
 def target(**opts) -> None:
     """Run the target service (gRPC): prefill, batched tree verification, release."""
@@ -90,9 +91,16 @@ def target(**opts) -> None:
               help="A drafter to load, e.g. lookup=ngram or small=model:/path (repeatable) "
                    "[lookup=ngram].")
 @click.option("--default", default="", help="The default drafter [the first one].")
+@click.option("--allow-drafter", "allow_drafters", multiple=True, metavar="NAME|PATH",
+              help="A model or head name, file or directory that LoadDrafter may load at run time "
+                   "(repeatable; a directory allows everything under it) [start-up drafters and "
+                   "shipped heads only].")
+@click.option("--max-drafters", default=8, show_default=True, type=int,
+              help="Drafters loaded at once; LoadDrafter beyond it is refused.")
 @click.option("--port", default=50052, show_default=True, type=int)
 @serve_cmds.model_options
 @serve_cmds.service_token_option
+@serve_cmds.tls_options
 @serve_cmds.tracing_options
 def draft(**opts) -> None:
     """Run the draft service (gRPC): a hot-swappable registry of drafters."""
@@ -112,6 +120,7 @@ def draft(**opts) -> None:
 @click.option("--admin-key", "admin_keys", multiple=True, envvar="SPECGROVE_ADMIN_KEYS", show_envvar=True,
               help="Require this key to load / unload drafters (repeatable) [any API key].")
 @serve_cmds.service_token_option
+@serve_cmds.tls_options
 @click.option("--max-batch", default=32, show_default=True, type=int, help="Sequences per step.")
 @click.option("--max-waiting", default=256, show_default=True, type=int, help="Queue before 429.")
 @click.option("--max-requests-per-second", default=0, show_default=True, type=int,
@@ -155,12 +164,19 @@ def gateway(**opts) -> None:
 @click.option("--drain-timeout", "drain_timeout_s", default=30.0, show_default=True, type=float,
               help="On SIGTERM: seconds the gateway lets in-flight requests finish before the "
                    "services stop.")
+@click.option("--allow-drafter", "allow_drafters", multiple=True, metavar="NAME|PATH",
+              help="A model / head name or path LoadDrafter may load at run time (repeatable).")
+@serve_cmds.tls_options
+@click.option("--tls-generate", is_flag=True,
+              help="Mutual TLS between all three with a throwaway CA and certificates made at "
+                   "start-up in a private temporary directory (printed; removed on exit).")
 def up(**opts) -> None:
     """Start target, draft and gateway together and keep them running (a service that dies is
     restarted); Ctrl-C / SIGTERM drains and stops all three."""
     from specgrove.cli.up_cmd import UpConfig, run_up
 
     opts["api_keys"], opts["admin_keys"] = tuple(opts["api_keys"]), tuple(opts["admin_keys"])
+    opts["allow_drafters"] = tuple(opts["allow_drafters"])
     run_up(UpConfig(**opts))
 
 

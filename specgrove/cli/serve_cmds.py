@@ -51,6 +51,32 @@ def service_token_option(fn):
                              "[none: the port is open to local processes].")(fn)
 
 
+TLS_OPTIONS = [
+    click.option("--tls-cert", default=None, metavar="PEM",
+                 help="Serve gRPC over TLS with this certificate (chain); also the client "
+                      "certificate this process presents to the services it calls."),
+    click.option("--tls-key", default=None, metavar="PEM", help="The private key of --tls-cert."),
+    click.option("--tls-ca", default=None, metavar="PEM",
+                 help="CA bundle: callers must present a certificate it signed (mutual TLS), and "
+                      "the services this process calls are verified against it "
+                      "[none: no client certificates; the system roots verify servers]."),
+]
+
+
+def tls_options(fn):
+    for opt in reversed(TLS_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def _tls(o: dict):
+    """The checked ``TlsConfig`` of the --tls-* options (None without them), before any model
+    is loaded: a bad path fails in a second, not after minutes of loading."""
+    from specgrove import tls
+
+    return tls.load(o.get("tls_cert"), o.get("tls_key"), o.get("tls_ca"))
+
+
 def precision_options(fn):
     for opt in reversed(PRECISION_OPTIONS):
         fn = opt(fn)
@@ -81,6 +107,7 @@ def _run_config(model: str, o: dict) -> ModelRunConfig:
 
 def run_target(target: str, port: int, max_num_seqs: int, max_tree_nodes: int,
                max_model_len: int | None, tp: int, service_token: str, **o) -> None:
+    tls = _tls(o)
     from target_service.builder import build_runner
     from target_service.server import TargetServer, TargetServerConfig
     from target_service.local import TargetLimits
@@ -94,18 +121,22 @@ def run_target(target: str, port: int, max_num_seqs: int, max_tree_nodes: int,
         return
     cfg = TargetServerConfig(run, o["host"], port, TargetLimits(max_num_seqs, max_tree_nodes),
                              max_model_len, telemetry=_telemetry(o),
-                             tp=rank.world_size if rank is not None else tp, service_token=service_token)
+                             tp=rank.world_size if rank is not None else tp, service_token=service_token,
+                             tls=tls)
     asyncio.run(TargetServer(cfg).serve_forever())
 
 
 def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, port: int,
-              service_token: str, **o) -> None:
+              service_token: str, allow_drafters: tuple[str, ...], max_drafters: int, **o) -> None:
+    tls = _tls(o)
+    from draft_service.load_policy import LoadPolicy
     from draft_service.server import DraftServer, DraftServerConfig, parse_drafter_option
 
     logging.basicConfig(level=o["log_level"], format="%(asctime)s %(name)s %(message)s")
     pairs = tuple(parse_drafter_option(d) for d in drafters) or (("ngram", "ngram"),)
     cfg = DraftServerConfig(target_vocab_from, pairs, default, _run_config("", o), o["host"], port,
-                            telemetry=_telemetry(o), service_token=service_token)
+                            telemetry=_telemetry(o), service_token=service_token, tls=tls,
+                            load_policy=LoadPolicy(tuple(allow_drafters), max_drafters))
     asyncio.run(DraftServer(cfg).serve_forever())
 
 
@@ -113,6 +144,7 @@ def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, t
                 api_keys: tuple[str, ...], admin_keys: tuple[str, ...], service_token: str, max_batch: int, max_waiting: int, default_tree: str,
                 max_requests_per_second: int, adaptive_speculation: bool, grace_s: float,
                 log_level: str, **tracing) -> None:
+    tls = _tls(tracing)
     from gateway.orchestrator import SchedulerConfig
     from gateway.server import GatewayServer
     from gateway.state import GatewayConfig
@@ -125,5 +157,5 @@ def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, t
                                                   adaptive_speculation=adaptive_speculation),
                         api_keys=api_keys, admin_keys=admin_keys, service_token=service_token,
                         max_requests_per_second=max_requests_per_second, grace_s=grace_s,
-                        telemetry=_telemetry(tracing))
+                        telemetry=_telemetry(tracing), tls=tls)
     asyncio.run(GatewayServer(cfg).serve_forever())

@@ -9,10 +9,14 @@ Ctrl-C reaches ``up`` alone and the order holds; they get SIGTERM if ``up`` itse
 services authenticate the gateway with a random token made here for them (``specgrove.auth``);
 ``--api-key`` / ``--admin-key`` protect the public ports. ``--trace-file`` / ``--otlp-endpoint``
 go to all three services, each with its own service name, so one trace spans all three.
+``--tls-cert`` / ``--tls-key`` / ``--tls-ca`` go to all three too (mutual TLS between them and on
+the gRPC gateway, ``specgrove.tls``); ``--tls-generate`` makes a throwaway CA and certificates for
+them instead (``specgrove.certs``), in a private directory removed when ``up`` exits.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import secrets
@@ -22,12 +26,15 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from typing import Iterator
 
 import click
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specgrove.auth import ENV_SERVICE_TOKEN
+from specgrove.clients import open_channel
+from specgrove.tls import TlsConfig, TlsError, certifies, load as load_tls
 
 
 @dataclass(frozen=True)
@@ -49,8 +56,13 @@ class UpConfig:
     api_keys: tuple[str, ...] = ()
     admin_keys: tuple[str, ...] = ()
     drain_timeout_s: float = 30.0  # the gateway's time to finish in-flight requests on SIGTERM
+    allow_drafters: tuple[str, ...] = ()  # what LoadDrafter may load at run time (draft --allow-drafter)
     startup_timeout_s: float = 900.0
     grace_s: float = 15.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_generate: bool = False  # a throwaway CA and certificates for the three children
 
 
 def _tracing(cfg: UpConfig, service: str) -> list[str]:
@@ -73,28 +85,30 @@ def default_drafters(target: str) -> tuple[str, ...]:
     return (f"eagle=eagle:{target}", "lookup=ngram") if shipped_head(target) else ("lookup=ngram",)
 
 
-def _commands(cfg: UpConfig) -> dict[str, list[str]]:
+def _commands(cfg: UpConfig, tls: TlsConfig | None = None) -> dict[str, list[str]]:
     cli = [sys.executable, "-m", "specgrove.cli"]
+    tls_args = tls.cli_args() if tls is not None else []  # paths, not secrets: argv is fine
     drafters = [x for d in (cfg.drafters or default_drafters(cfg.target)) for x in ("--drafter", d)]
     return {
         "target": cli + ["target", "--target", cfg.target, "--port", str(cfg.target_port),
                          "--dtype", cfg.dtype, "--quantization", cfg.quantization,
                          "--kv-blocks", str(cfg.kv_blocks), "--tp", str(cfg.tp),
-                         *_tracing(cfg, "target")],
+                         *tls_args, *_tracing(cfg, "target")],
         "draft": cli + ["draft", "--target-vocab-from", cfg.target, "--port", str(cfg.draft_port),
                         "--dtype", cfg.dtype, "--quantization", cfg.quantization, *drafters,
-                        *_tracing(cfg, "draft")],
+                        *[x for a in cfg.allow_drafters for x in ("--allow-drafter", a)],
+                        *tls_args, *_tracing(cfg, "draft")],
         "gateway": cli + ["gateway", "--target", f"127.0.0.1:{cfg.target_port}",
                           "--draft", f"127.0.0.1:{cfg.draft_port}", "--host", cfg.host,
                           "--port", str(cfg.port), "--grpc-port", str(cfg.grpc_port),
                           "--default-tree", cfg.default_tree, "--drain-timeout", str(cfg.drain_timeout_s),
-                          *_tracing(cfg, "gateway")],
+                          *tls_args, *_tracing(cfg, "gateway")],
     }
 
 
-async def _grpc_serving(address: str) -> bool:
+async def _grpc_serving(address: str, tls: TlsConfig | None = None) -> bool:
     try:
-        async with grpc.aio.insecure_channel(address) as ch:
+        async with open_channel(address, tls, options=()) as ch:
             resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2)
             return resp.status == health_pb2.HealthCheckResponse.SERVING
     except grpc.aio.AioRpcError:
@@ -217,25 +231,61 @@ def child_environments(cfg: UpConfig) -> dict[str, dict[str, str]]:
     return {"target": base, "draft": base, "gateway": gateway}
 
 
+@contextlib.contextmanager
+def transport_security(cfg: UpConfig) -> Iterator[tuple[TlsConfig | None, str]]:
+    """The children's TLS configuration (None: plaintext) and a line for the banner: the user's
+    certificates, checked before anything starts, or throwaway ones alive while ``up`` runs."""
+    try:
+        given = load_tls(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+    except TlsError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if given is not None and not certifies(given, "127.0.0.1"):
+        # Else every health probe fails the handshake and `up` only times out, minutes later.
+        raise click.BadParameter(f"--tls-cert {given.cert} does not name 127.0.0.1 (subject "
+                                 "alternative name), the address up's gateway dials its services at")
+    if not cfg.tls_generate:
+        line = ""
+        if given is not None:
+            line = f"  mutual TLS   clients need a certificate from {given.ca}" if given.mutual else "  TLS"
+        yield given, line
+        return
+    if given is not None:
+        raise click.UsageError("--tls-generate makes its own certificates: drop --tls-cert, "
+                               "--tls-key and --tls-ca, or --tls-generate")
+    from specgrove import certs
+
+    # Remote callers dial the host the gateway binds; the services bind loopback.
+    with certs.temporary([cfg.host]) as made:
+        yield made.node, (f"  mutual TLS   throwaway CA and a client certificate in {made.directory} "
+                          f"(ca.pem, client.pem, client-key.pem; removed on exit)")
+
+
 def run_up(cfg: UpConfig) -> None:
     for key in (*cfg.api_keys, *cfg.admin_keys):
         if not key or any(ch.isspace() for ch in key):
             raise click.BadParameter("API and admin keys must be non-empty and contain no spaces")
-    sup = Supervisor(cfg, _commands(cfg), child_environments(cfg))
+    with transport_security(cfg) as (tls, tls_line):
+        _supervise(cfg, tls, tls_line)
+
+
+def _supervise(cfg: UpConfig, tls: TlsConfig | None, tls_line: str) -> None:
+    sup = Supervisor(cfg, _commands(cfg, tls), child_environments(cfg))
     stop_requested = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
     try:
         sup.start("target")
         sup.start("draft")
         for name, port in (("target", cfg.target_port), ("draft", cfg.draft_port)):
-            sup.wait_until(lambda p=port: asyncio.run(_grpc_serving(f"127.0.0.1:{p}")), f"the {name} service")
+            sup.wait_until(lambda p=port: asyncio.run(_grpc_serving(f"127.0.0.1:{p}", tls)),
+                           f"the {name} service")
         sup.start("gateway")
         base = f"http://{cfg.host}:{cfg.port}"
         sup.wait_until(lambda: _http_ok(base + "/health"), "the gateway")
         click.echo(f"specgrove is up: {cfg.target}\n"
                    f"  OpenAI REST  {base}/v1  (health {base}/health)\n"
                    f"  gRPC gateway {cfg.host}:{cfg.grpc_port}\n"
-                   f"  target {cfg.target_port}, draft {cfg.draft_port}; Ctrl-C stops all three", err=True)
+                   + (f"{tls_line}\n" if tls_line else "")
+                   + f"  target {cfg.target_port}, draft {cfg.draft_port}; Ctrl-C stops all three", err=True)
         while not stop_requested:
             sup.watch()
             time.sleep(0.25)

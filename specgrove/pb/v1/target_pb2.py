@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from specgrove.pb.v1 import common_pb2 as specgrove_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19specgrove/v1/target.proto\x12\x0cspecgrove.v1\x1a\x19specgrove/v1/common.proto\"\xea\x01\n\nTargetInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_blocks\x18\x05 \x01(\x05\x12\x13\n\x0b\x66ree_blocks\x18\x06 \x01(\x05\x12\x0f\n\x07tp_size\x18\x07 \x01(\x05\x12\x15\n\reos_token_ids\x18\x08 \x03(\x05\x12\x14\n\x0cmax_num_seqs\x18\t \x01(\x05\x12\x16\n\x0emax_tree_nodes\x18\n \x01(\x05\x12\r\n\x05\x64type\x18\x0b \x01(\t\"|\n\x0ePrefillRequest\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.specgrove.v1.SamplingParams\x12\x16\n\x0e\x66\x65\x61ture_layers\x18\x04 \x03(\x05\">\n\x0cPrefillBatch\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.specgrove.v1.PrefillRequest\"^\n\rPrefillResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x66irst_token\x18\x02 \x01(\x05\x12(\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x16.specgrove.v1.Features\"W\n\x12PrefillBatchResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.specgrove.v1.PrefillResult\x12\x13\n\x0b\x66ree_blocks\x18\x02 \x01(\x05\"C\n\nVerifyItem\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12%\n\x04tree\x18\x02 \x01(\x0b\x32\x17.specgrove.v1.TokenTree\"6\n\x0bVerifyBatch\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.specgrove.v1.VerifyItem\"\x8e\x01\n\x0cVerifyResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x02 \x03(\x05\x12\x13\n\x0b\x62onus_token\x18\x03 \x01(\x05\x12\x16\n\x0e\x61\x63\x63\x65pted_nodes\x18\x04 \x03(\x05\x12(\n\x08\x66\x65\x61tures\x18\x05 \x01(\x0b\x32\x16.specgrove.v1.Features\"U\n\x11VerifyBatchResult\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.specgrove.v1.VerifyResult\x12\x13\n\x0b\x66ree_blocks\x18\x02 \x01(\x05\x32\xa3\x02\n\rTargetService\x12;\n\x04Info\x12\x19.specgrove.v1.InfoRequest\x1a\x18.specgrove.v1.TargetInfo\x12G\n\x07Prefill\x12\x1a.specgrove.v1.PrefillBatch\x1a .specgrove.v1.PrefillBatchResult\x12\x44\n\x06Verify\x12\x19.specgrove.v1.VerifyBatch\x1a\x1f.specgrove.v1.VerifyBatchResult\x12\x46\n\x07Release\x12\x1c.specgrove.v1.ReleaseRequest\x1a\x1d.specgrove.v1.ReleaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19specgrove/v1/target.proto\x12\x0cspecgrove.v1\x1a\x19specgrove/v1/common.proto\"\xff\x01\n\nTargetInfo\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\x05\x12\x15\n\rmax_model_len\x18\x03 \x01(\x05\x12\x12\n\nblock_size\x18\x04 \x01(\x05\x12\x14\n\x0ctotal_blocks\x18\x05 \x01(\x05\x12\x13\n\x0b\x66ree_blocks\x18\x06 \x01(\x05\x12\x0f\n\x07tp_size\x18\x07 \x01(\x05\x12\x15\n\reos_token_ids\x18\x08 \x03(\x05\x12\x14\n\x0cmax_num_seqs\x18\t \x01(\x05\x12\x16\n\x0emax_tree_nodes\x18\n \x01(\x05\x12\r\n\x05\x64type\x18\x0b \x01(\t\x12\x13\n\x0bhidden_size\x18\x0c \x01(\x05\"\x97\x01\n\x0ePrefillRequest\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x12\n\nprompt_ids\x18\x02 \x03(\x05\x12\x19\n\x11num_output_tokens\x18\x05 \x01(\x05\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.specgrove.v1.SamplingParams\x12\x16\n\x0e\x66\x65\x61ture_layers\x18\x04 \x03(\x05\">\n\x0cPrefillBatch\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.specgrove.v1.PrefillRequest\"\x91\x01\n\rPrefillResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x66irst_token\x18\x02 \x01(\x05\x12(\n\x08\x66\x65\x61tures\x18\x03 \x01(\x0b\x32\x16.specgrove.v1.Features\x12\x31\n\rfirst_logprob\x18\x04 \x01(\x0b\x32\x1a.specgrove.v1.TokenLogprob\"W\n\x12PrefillBatchResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.specgrove.v1.PrefillResult\x12\x13\n\x0b\x66ree_blocks\x18\x02 \x01(\x05\"C\n\nVerifyItem\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12%\n\x04tree\x18\x02 \x01(\x0b\x32\x17.specgrove.v1.TokenTree\"6\n\x0bVerifyBatch\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.specgrove.v1.VerifyItem\"\xbc\x01\n\x0cVerifyResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x02 \x03(\x05\x12\x13\n\x0b\x62onus_token\x18\x03 \x01(\x05\x12\x16\n\x0e\x61\x63\x63\x65pted_nodes\x18\x04 \x03(\x05\x12(\n\x08\x66\x65\x61tures\x18\x05 \x01(\x0b\x32\x16.specgrove.v1.Features\x12,\n\x08logprobs\x18\x06 \x03(\x0b\x32\x1a.specgrove.v1.TokenLogprob\"U\n\x11VerifyBatchResult\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.specgrove.v1.VerifyResult\x12\x13\n\x0b\x66ree_blocks\x18\x02 \x01(\x05\x32\xa3\x02\n\rTargetService\x12;\n\x04Info\x12\x19.specgrove.v1.InfoRequest\x1a\x18.specgrove.v1.TargetInfo\x12G\n\x07Prefill\x12\x1a.specgrove.v1.PrefillBatch\x1a .specgrove.v1.PrefillBatchResult\x12\x44\n\x06Verify\x12\x19.specgrove.v1.VerifyBatch\x1a\x1f.specgrove.v1.VerifyBatchResult\x12\x46\n\x07Release\x12\x1c.specgrove.v1.ReleaseRequest\x1a\x1d.specgrove.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'specgrove.v1.target_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TARGETINFO']._serialized_start=71
-  _globals['_TARGETINFO']._serialized_end=305
-  _globals['_PREFILLREQUEST']._serialized_start=307
-  _globals['_PREFILLREQUEST']._serialized_end=431
-  _globals['_PREFILLBATCH']._serialized_start=433
-  _globals['_PREFILLBATCH']._serialized_end=495
-  _globals['_PREFILLRESULT']._serialized_start=497
-  _globals['_PREFILLRESULT']._serialized_end=591
-  _globals['_PREFILLBATCHRESULT']._serialized_start=593
-  _globals['_PREFILLBATCHRESULT']._serialized_end=680
-  _globals['_VERIFYITEM']._serialized_start=682
-  _globals['_VERIFYITEM']._serialized_end=749
-  _globals['_VERIFYBATCH']._serialized_start=751
-  _globals['_VERIFYBATCH']._serialized_end=805
-  _globals['_VERIFYRESULT']._serialized_start=808
-  _globals['_VERIFYRESULT']._serialized_end=950
-  _globals['_VERIFYBATCHRESULT']._serialized_start=952
-  _globals['_VERIFYBATCHRESULT']._serialized_end=1037
-  _globals['_TARGETSERVICE']._serialized_start=1040
-  _globals['_TARGETSERVICE']._serialized_end=1331
+  _globals['_TARGETINFO']._serialized_end=326
+  _globals['_PREFILLREQUEST']._serialized_start=329
+  _globals['_PREFILLREQUEST']._serialized_end=480
+  _globals['_PREFILLBATCH']._serialized_start=482
+  _globals['_PREFILLBATCH']._serialized_end=544
+  _globals['_PREFILLRESULT']._serialized_start=547
+  _globals['_PREFILLRESULT']._serialized_end=692
+  _globals['_PREFILLBATCHRESULT']._serialized_start=694
+  _globals['_PREFILLBATCHRESULT']._serialized_end=781
+  _globals['_VERIFYITEM']._serialized_start=783
+  _globals['_VERIFYITEM']._serialized_end=850
+  _globals['_VERIFYBATCH']._serialized_start=852
+  _globals['_VERIFYBATCH']._serialized_end=906
+  _globals['_VERIFYRESULT']._serialized_start=909
+  _globals['_VERIFYRESULT']._serialized_end=1097
+  _globals['_VERIFYBATCHRESULT']._serialized_start=1099
+  _globals['_VERIFYBATCHRESULT']._serialized_end=1184
+  _globals['_TARGETSERVICE']._serialized_start=1187
+  _globals['_TARGETSERVICE']._serialized_end=1478
 # @@protoc_insertion_point(module_scope)

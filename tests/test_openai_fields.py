@@ -1,0 +1,123 @@
+"""Every OpenAI / vLLM request field is honoured or refused, through the official client:
+fields this server does not implement get 400 naming them unless they ask for nothing, content
+parts and token-id prompts are prompts like any other, and the routes and stream details
+clients rely on exist."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gateway.api_schema import UNSUPPORTED
+from tests.gateway_stack import running_stack
+
+# A value that asks for something, per unsupported field.
+ASKING = {"prompt_logprobs": 1, "response_format": {"type": "json_object"},
+          "guided_json": {"type": "object"}, "guided_regex": "a+", "guided_choice": ["a", "b"],
+          "guided_grammar": "root ::= 'a'", "structured_outputs": {"json": {}},
+          "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+          "tool_choice": "required", "functions": [{"name": "f"}], "function_call": {"name": "f"},
+          "best_of": 2, "suffix": "end", "use_beam_search": True, "length_penalty": 0.5,
+          "allowed_token_ids": [1, 2], "bad_words": ["x"], "audio": {"voice": "alloy"},
+          "modalities": ["text", "audio"], "prediction": {"type": "content", "content": "x"},
+          "web_search_options": {}, "reasoning_effort": "high", "truncate_prompt_tokens": 5,
+          "include_stop_str_in_output": True, "skip_special_tokens": False,
+          "add_generation_prompt": False, "continue_final_message": True, "chat_template": "{{x}}",
+          "chat_template_kwargs": {"a": 1}, "documents": [{"text": "x"}], "echo": True}
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_dirs):
+    with running_stack(tiny_dirs["llama"], tiny_dirs["draft"]) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    return openai.OpenAI(base_url=stack["http"] + "/v1", api_key="unused", max_retries=0)
+
+
+def test_every_unsupported_field_has_a_test_value():
+    assert set(ASKING) == set(UNSUPPORTED)
+
+
+@pytest.mark.parametrize("field", sorted(ASKING))
+@pytest.mark.parametrize("route", ["completions", "chat/completions"])
+def test_an_unsupported_field_that_asks_for_something_is_a_400_naming_it(stack, field, route):
+    body = {"model": stack["model"], "max_tokens": 2, field: ASKING[field]}
+    body.update({"prompt": "fox"} if route == "completions" else {"messages": [{"role": "user", "content": "fox"}]})
+    r = httpx.post(f"{stack['http']}/v1/{route}", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field and field in r.json()["error"]["message"]
+
+
+def test_neutral_values_and_unknown_fields_are_accepted(stack, client):
+    c = client.chat.completions.create(
+        model=stack["model"], messages=[{"role": "user", "content": "fox"}], max_tokens=3, temperature=0,
+        presence_penalty=0, frequency_penalty=0.0, logprobs=False, n=1, response_format={"type": "text"},
+        tool_choice="none", user="u1", extra_body={"repetition_penalty": 1.0, "min_tokens": 0,
+                                                  "some_future_field": {"x": 1}})
+    assert c.choices[0].finish_reason in ("stop", "length")
+
+
+def test_text_content_parts_are_the_joined_text(stack, client):
+    def chat(content):
+        return client.chat.completions.create(model=stack["model"], max_tokens=8, temperature=0,
+                                              messages=[{"role": "user", "content": content}])
+    parts = chat([{"type": "text", "text": "the quick"}, {"type": "text", "text": "brown fox"}])
+    joined = chat("the quick\nbrown fox")
+    assert parts.choices[0].message.content == joined.choices[0].message.content
+    assert parts.usage.prompt_tokens == joined.usage.prompt_tokens
+    with pytest.raises(openai.BadRequestError) as err:
+        chat([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])
+    assert err.value.body["param"] == "messages.0.content.0.type"
+
+
+def test_token_id_prompts_equal_their_text(stack, client):
+    from gateway.text import TextCodec
+
+    ids = TextCodec(Path(stack["model"])).encode("the lazy dog")
+    by_text = client.completions.create(model=stack["model"], prompt="the lazy dog", max_tokens=8, temperature=0)
+    by_ids = client.completions.create(model=stack["model"], prompt=ids, max_tokens=8, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
+        client.completions.create(model=stack["model"], prompt=[10**6], max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="one prompt"):
+        client.completions.create(model=stack["model"], prompt=["a", "b"], max_tokens=2)
+
+
+def test_stop_token_ids_end_the_request(stack):
+    def complete(**extra):
+        r = httpx.post(stack["http"] + "/v1/completions", timeout=60, json={
+            "model": stack["model"], "prompt": "the quick brown fox", "max_tokens": 12, "temperature": 0,
+            "ignore_eos": True, "speculation": {"drafter": "lookup", "tree": "2,2"}, **extra})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    full = complete()
+    assert full["usage"]["completion_tokens"] == 12
+    from gateway.text import TextCodec
+
+    codec = TextCodec(Path(stack["model"]))
+    ids = codec.encode(full["choices"][0]["text"], add_special_tokens=False)
+    stop = ids[len(ids) // 2]
+    cut = complete(stop_token_ids=[stop])
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    assert cut["usage"]["completion_tokens"] < 12
+    assert full["choices"][0]["text"].startswith(cut["choices"][0]["text"])
+
+
+def test_model_by_id_and_usage_null_on_stream_chunks(stack, client):
+    assert client.models.retrieve(stack["model"]).id == stack["model"]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+    with httpx.stream("POST", stack["http"] + "/v1/chat/completions", timeout=60, json={
+            "model": stack["model"], "messages": [{"role": "user", "content": "fox"}], "max_tokens": 4,
+            "stream": True, "stream_options": {"include_usage": True}}) as r:
+        import json
+
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
+    assert chunks[-1]["usage"]["completion_tokens"] >= 1 and chunks[-1]["choices"] == []
