@@ -104,3 +104,20 @@ def decode_tps(ports, prompt, n: int, tree: str | None) -> tuple[float, float, l
     start = time.perf_counter()
     (out,) = asyncio.run(complete(*ports, [spec]))
     return n / (time.perf_counter() - start), out.stats.mean_acceptance_length, out.token_ids
+
+
+def child_pid(parent: int, role: str) -> int | None:
+    """The pid of ``specgrove up``'s child running ``specgrove.cli ROLE`` (target / draft /
+    gateway), or None while there is none (e.g. being restarted)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and role.encode() in argv and b"specgrove.cli" in argv:
+            return int(entry.name)
+    return None

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import meta  # noqa: E402
+from benchmarks.common import child_pid, meta  # noqa: E402
 from benchmarks.serve import wait_healthy  # noqa: E402
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing "
@@ -37,22 +37,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def child_pid(parent: int, command: str) -> int:
-    """The pid of ``up``'s child running ``specgrove.cli COMMAND``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and b"specgrove.cli" in args and command.encode() in args:
-            return int(entry.name)
-    raise LookupError(f"no {command} child of {parent}")
 
 
 def body(rng: random.Random, model: str) -> tuple[str, dict, bool]:

@@ -13,6 +13,7 @@ fields beyond OpenAI's: ``top_k``, ``ignore_eos``, ``stop_token_ids`` and ``spec
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -28,6 +29,7 @@ log = logging.getLogger("specgrove.gateway")
 
 INT32_MAX = 2**31 - 1
 MAX_TREE_FIELD = 4096
+MAX_CHOICES = 16  # n, and prompts per completions request (at most 64 choices in all)
 
 # Known request fields (OpenAI's and vLLM's) that this server does not implement, with the
 # values that ask for nothing (clients often send the defaults explicitly). Anything else: 400.
@@ -85,7 +87,7 @@ class _Common(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=-1, le=INT32_MAX)
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: Union[str, list[str], None] = None
     stream: bool = False
@@ -262,7 +264,9 @@ def job_spec(req: _Common, prompt_ids: list[int], info: TargetInfo, default_budg
                    stop_token_ids=frozenset(req.stop_token_ids))
 
 
-def prompt_ids_of(req: CompletionRequest | ChatRequest, codec: TextCodec, vocab_size: int) -> list[int]:
+def prompts_of(req: CompletionRequest | ChatRequest, codec: TextCodec, vocab_size: int) -> list[list[int]]:
+    """The request's prompts as token ids: one for a chat, one or more for completions (a
+    string, token ids, or a list of either)."""
     if isinstance(req, ChatRequest):
         messages = []
         for i, m in enumerate(req.messages):
@@ -270,16 +274,57 @@ def prompt_ids_of(req: CompletionRequest | ChatRequest, codec: TextCodec, vocab_
                 messages.append(m.for_template())
             except InvalidRequest as exc:
                 raise InvalidRequest(f"messages.{i}.{exc.field}", exc.reason) from exc
-        return codec.encode_chat(messages, req.special_tokens_in_content)
+        return [codec.encode_chat(messages, req.special_tokens_in_content)]
     prompt = req.prompt
-    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-        if len(prompt) != 1:
-            raise InvalidRequest("prompt", "exactly one prompt per request is supported (send "
-                                           "one request per prompt)")
-        prompt = prompt[0]
-    if isinstance(prompt, list):  # token ids
-        bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
-        if bad is not None:
-            raise InvalidRequest("prompt", f"token {bad} is outside the vocabulary of {vocab_size}")
-        return list(prompt)
-    return codec.encode(prompt) if prompt else []
+    many = prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else [prompt]
+    if len(many) > MAX_CHOICES or len(many) * req.n > 4 * MAX_CHOICES:
+        raise InvalidRequest("prompt", f"{len(many)} prompts x n={req.n}: at most {MAX_CHOICES} prompts "
+                                       f"and {4 * MAX_CHOICES} choices per request")
+    out = []
+    for one in many:
+        if isinstance(one, list):  # token ids
+            bad = next((t for t in one if not 0 <= t < vocab_size), None)
+            if bad is not None:
+                raise InvalidRequest("prompt", f"token {bad} is outside the vocabulary of {vocab_size}")
+            out.append(list(one))
+        else:
+            out.append(codec.encode(one) if one else [])
+    return out
+
+
+def choice_spec(spec: JobSpec, index: int) -> JobSpec:
+    """The job of a prompt's choice ``index``: choice 0 samples under the request's seed, the
+    others under seeds derived from it (the same seed would give the same sample), so a seeded
+    request with n > 1 is reproducible choice by choice."""
+    if index == 0 or spec.sampling.seed is None:
+        return spec
+    derived = (spec.sampling.seed * 0x9E3779B97F4A7C15 + index) % (2**63)
+    return replace(spec, sampling=replace(spec.sampling, seed=derived))
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's ``POST /tokenize``: a prompt, or chat messages through the chat template."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True  # prompts only
+    add_generation_prompt: bool = True  # messages only: the template always opens the reply
+    return_token_strs: bool = False
+
+    def token_ids(self, codec: TextCodec) -> list[int]:
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidRequest("prompt", "send exactly one of prompt or messages")
+        if self.prompt is not None:
+            return codec.encode(self.prompt, add_special_tokens=self.add_special_tokens)
+        if not self.add_generation_prompt:
+            raise InvalidRequest("add_generation_prompt", "only true is supported")
+        return codec.encode_chat([m.for_template() for m in self.messages])
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    tokens: list[int] = Field(max_length=1 << 20)
+

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from gateway.api_schema import (
     ChatMessage, ChatRequest, CompletionRequest, SpeculationSpec, TreeSpec, invalid, job_spec,
-    prompt_ids_of,
+    prompts_of,
 )
 from gateway.job import Failed, Finished, Job
 from gateway.orchestrator import Overloaded
@@ -67,9 +67,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             req = _as_request(msg)
         except ValidationError as exc:
             raise invalid(exc) from exc
-        if req.model and req.model != st.model_id:
-            raise InvalidRequest("model", f"unknown model {req.model!r}; this server serves {st.model_id!r}")
-        ids = prompt_ids_of(req, st.codec, st.info.vocab_size)
+        if req.model:
+            st.check_model(req.model)
+        ids = prompts_of(req, st.codec, st.info.vocab_size)[0]
         chat = isinstance(req, ChatRequest)
         default_max = None if chat else st.cfg.default_max_tokens
         spec = job_spec(req, ids, st.info, st.cfg.default_budget, st.drafters, default_max)
@@ -130,7 +130,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def ListModels(self, request, context):
         st = self.state
         return gateway_pb2.ListModelsResponse(models=[gateway_pb2.ModelCard(
-            id=st.model_id, max_model_len=st.info.max_model_len, owned_by="specgrove")])
+            id=name, max_model_len=st.info.max_model_len, owned_by="specgrove") for name in st.model_names])
 
     async def ListDrafters(self, request, context):
         infos = await self._admin(context, self.state.draft.list_drafters())

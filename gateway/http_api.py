@@ -23,29 +23,15 @@ from opentelemetry.propagate import extract
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
-from gateway.api_schema import ChatRequest, CompletionRequest, invalid, job_spec, prompt_ids_of
-from gateway.job import Delta, Finished, Job
-from gateway.logprobs_format import chat_logprobs, completion_logprobs
+from gateway import openai_responses
+from gateway.api_schema import (ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, choice_spec,
+                                invalid, job_spec, prompts_of)
+from gateway.http_errors import error
+from gateway.job import Job
 from gateway.orchestrator import Overloaded
-from gateway.speculation import effective_speculation
 from gateway.state import GatewayState
 from specgrove.auth import bearer
 from specgrove.errors import InvalidRequest
-
-
-def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    """OpenAI's error object, for responses and for the last event of a failed stream."""
-    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-            405: "invalid_request_error", 429: "rate_limit_error", 499: "cancelled",
-            503: "service_unavailable"}.get(status, "server_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def error(status: int, message: str, param: str | None = None, code: str | None = None,
-          headers: dict | None = None) -> JSONResponse:
-    if status == 429 or status == 503:  # OpenAI clients honour it when they retry
-        headers = {"Retry-After": "1", **(headers or {})}
-    return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
 def create_app(state: GatewayState) -> FastAPI:
@@ -74,20 +60,43 @@ def create_app(state: GatewayState) -> FastAPI:
     async def metrics():
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    def card() -> dict:
-        return {"id": state.model_id, "object": "model", "created": 0, "owned_by": "specgrove",
+    def card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "specgrove",
                 "max_model_len": state.info.max_model_len}
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [card()]}
+        return {"object": "list", "data": [card(name) for name in state.model_names]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str):
-        if model_id != state.model_id:
+        if model_id not in state.model_names:
             return error(404, f"the model {model_id!r} does not exist; this server serves "
-                              f"{state.model_id!r}", "model", "model_not_found")
-        return card()
+                              f"{', '.join(repr(n) for n in state.model_names)}", "model", "model_not_found")
+        return card(model_id)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        try:
+            req = await _parse(request, TokenizeRequest, state.cfg.max_body_bytes)
+            state.check_model(req.model)
+            ids = req.token_ids(state.codec)
+        except InvalidRequest as exc:
+            return error(400, str(exc), exc.field)
+        return {"count": len(ids), "max_model_len": state.info.max_model_len, "tokens": ids,
+                "token_strs": [state.codec.token_text(t) for t in ids] if req.return_token_strs else None}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        try:
+            req = await _parse(request, DetokenizeRequest, state.cfg.max_body_bytes)
+            state.check_model(req.model)
+            bad = next((t for t in req.tokens if not 0 <= t < state.info.vocab_size), None)
+            if bad is not None:
+                raise InvalidRequest("tokens", f"token {bad} is outside the vocabulary of {state.info.vocab_size}")
+        except InvalidRequest as exc:
+            return error(400, str(exc), exc.field)
+        return {"prompt": state.codec.decode(req.tokens)}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -117,7 +126,7 @@ class Guard:
         await self.app(scope, receive, send)
 
     def _refusal(self, path: str, headers: dict[str, str]) -> JSONResponse | None:
-        if path.startswith("/v1/"):
+        if path.startswith("/v1/") or path in ("/tokenize", "/detokenize"):
             why = self.state.auth.refusal(path, bearer(headers.get("authorization")))
             if why is not None:
                 return error(401, why, code="invalid_api_key")
@@ -157,132 +166,47 @@ async def _parse(request: Request, model_cls, limit: int):
 
 
 async def _generate(state: GatewayState, request: Request, model_cls):
+    jobs: list[Job] = []
     try:
         req = await _parse(request, model_cls, state.cfg.max_body_bytes)
-        if req.model != state.model_id:
-            return error(400, f"unknown model {req.model!r}; this server serves {state.model_id!r}",
-                         "model", "model_not_found")
-        ids = prompt_ids_of(req, state.codec, state.info.vocab_size)
+        if req.model not in state.model_names:
+            return error(400, f"unknown model {req.model!r}; this server serves "
+                              f"{', '.join(repr(n) for n in state.model_names)}", "model", "model_not_found")
+        prompts = prompts_of(req, state.codec, state.info.vocab_size)
         await state.know_drafter(req.speculation.drafter if req.speculation else None)
         default_max = state.cfg.default_max_tokens if model_cls is CompletionRequest else None
-        spec = job_spec(req, ids, state.info, state.cfg.default_budget, state.drafters, default_max)
         chat = model_cls is ChatRequest
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        spec = replace(spec, request_id=rid, operation="chat" if chat else "text_completion")
+        specs = [replace(job_spec(req, ids, state.info, state.cfg.default_budget, state.drafters, default_max),
+                         request_id=rid, operation="chat" if chat else "text_completion") for ids in prompts]
         # The caller's W3C trace context (traceparent / tracestate headers), if any.
+        parent = extract(request.headers) if state.tracing else None
         await state.admit()
-        job = state.submit(spec, extract(request.headers) if state.tracing else None)
+        for spec in specs:  # n choices per prompt, each with its own seed (derived from one given)
+            jobs += [state.submit(choice_spec(spec, i), parent) for i in range(req.n)]
     except InvalidRequest as exc:
         return error(400, str(exc), exc.field)
     except Overloaded as exc:
+        for j in jobs:  # admitted before the queue filled up: they leave again
+            j.cancel()
         return error(429, str(exc))
     if req.stream:
         usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_sse(state, job, rid, chat, usage), media_type="text/event-stream")
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+        return StreamingResponse(openai_responses.sse(state, jobs, req.n, rid, chat, usage),
+                                 media_type="text/event-stream")
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, jobs))
     try:
-        return await _whole(state, job, rid, chat)
+        return await openai_responses.whole(state, jobs, req.n, rid, chat)
     finally:
         watcher.cancel()
 
 
-async def _cancel_on_disconnect(request: Request, job: Job, every_s: float = 0.25) -> None:
+async def _cancel_on_disconnect(request: Request, jobs: list[Job], every_s: float = 0.25) -> None:
     """A non-streamed handler is not cancelled when its client goes away: watch for the
-    disconnect, and cancel the job so it leaves the batch at the next step."""
-    while not job.done:
+    disconnect, and cancel the jobs so they leave the batch at the next step."""
+    while not all(j.done for j in jobs):
         if await request.is_disconnected():
-            job.cancel()
+            for j in jobs:
+                j.cancel()
             return
         await asyncio.sleep(every_s)
-
-
-def _stats(state: GatewayState, job: Job) -> dict:
-    st = job.stats
-    eff = effective_speculation(job, state.default_drafter)
-    return {"steps": st.steps, "drafted_tokens": st.drafted_tokens,
-            "accepted_tokens": st.accepted_tokens,
-            "mean_acceptance_length": round(st.mean_acceptance_length, 4),
-            "max_batch_size": st.max_batch_size,
-            "drafter": eff.drafter, "tree": eff.tree_json(),
-            "seed": job.spec.sampling.seed}
-
-
-def _usage(job: Job) -> dict:
-    n_in, n_out = len(job.spec.prompt_ids), len(job.tokens)
-    return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
-
-
-def _logprobs(state: GatewayState, job: Job, chat: bool, logprobs: list, offset: int = 0) -> dict | None:
-    """The choice's ``logprobs`` in the route's shape; None when the request did not ask."""
-    if job.spec.sampling.logprobs is None:
-        return None
-    if chat:
-        return chat_logprobs(state.codec, logprobs)
-    return completion_logprobs(state.codec, logprobs, offset)
-
-
-async def _whole(state: GatewayState, job: Job, rid: str, chat: bool):
-    text, reason, logprobs = [], None, []
-    try:
-        while True:
-            ev = await job.events.get()
-            if isinstance(ev, Delta):
-                text.append(ev.text)
-                logprobs += ev.logprobs
-            elif isinstance(ev, Finished):
-                reason = ev.reason
-                break
-            else:
-                return error(ev.status, ev.message)
-    finally:
-        job.cancel()  # no-op once finished; frees the sequence if this handler was cancelled
-    body = "".join(text)
-    lp = _logprobs(state, job, chat, logprobs)
-    choice = ({"index": 0, "message": {"role": "assistant", "content": body},
-               "finish_reason": reason, "logprobs": lp} if chat else
-              {"index": 0, "text": body, "finish_reason": reason, "logprobs": lp})
-    return {"id": rid, "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": state.model_id, "choices": [choice],
-            "usage": _usage(job), "specgrove": _stats(state, job)}
-
-
-async def _sse(state: GatewayState, job: Job, rid: str, chat: bool, include_usage: bool) -> AsyncIterator[str]:
-    created, obj = int(time.time()), "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(choices: list, **extra) -> str:
-        body = {"id": rid, "object": obj, "created": created, "model": state.model_id,
-                "choices": choices, **({"usage": None} if include_usage else {}), **extra}
-        return f"data: {json.dumps(body)}\n\n"
-
-    offset = 0  # of the next token in the completion's text (completions' text_offset)
-
-    def choice(text: str | None, reason: str | None, first: bool = False, logprobs=()) -> dict:
-        nonlocal offset
-        lp = _logprobs(state, job, chat, list(logprobs), offset) if logprobs else None
-        if lp is not None and not chat:
-            offset += sum(len(t) for t in lp["tokens"])
-        if chat:
-            delta = ({"role": "assistant", "content": text or ""} if first
-                     else ({"content": text} if text else {}))
-            return {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": lp}
-        return {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": lp}
-
-    try:
-        first = True
-        while True:
-            ev = await job.events.get()
-            if isinstance(ev, Delta):
-                if ev.text or first or ev.logprobs:
-                    yield chunk([choice(ev.text, None, first, ev.logprobs)])
-                    first = False
-            elif isinstance(ev, Finished):
-                yield chunk([choice(None, ev.reason)], specgrove=_stats(state, job))
-                if include_usage:
-                    yield chunk([], usage=_usage(job))
-                break
-            else:
-                yield f"data: {json.dumps(error_body(ev.status, ev.message, code=str(ev.status)))}\n\n"
-                break
-        yield "data: [DONE]\n\n"
-    finally:
-        job.cancel()  # a client that went away leaves the batch at the next step

@@ -20,6 +20,7 @@ Spans:
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Iterator, Sequence
 
@@ -32,6 +33,7 @@ from specgrove.tree import TokenTree
 from specgrove.types import VerifyResult
 
 _NULL = contextlib.nullcontext()
+log = logging.getLogger("specgrove.gateway.requests")
 
 
 def finish_reason(event: Finished | Failed) -> str:
@@ -42,8 +44,9 @@ def finish_reason(event: Finished | Failed) -> str:
 
 class Observer:
     def __init__(self, tracer: trace.Tracer | None, metrics: GatewayMetrics, model: str,
-                 total_blocks: int) -> None:
+                 total_blocks: int, log_requests: bool = False) -> None:
         self.tracer, self.metrics, self.model, self.total_blocks = tracer, metrics, model, total_blocks
+        self.log_requests = log_requests  # one INFO line per finished request
         self.steps = 0  # steps run by this gateway: the step span's specgrove.step
 
     # --- one request -------------------------------------------------------------------------
@@ -86,6 +89,8 @@ class Observer:
         self.metrics.finished.labels(reason).inc()
         if isinstance(event, Finished):
             self.metrics.e2e.observe(time.monotonic() - job.created)
+        if self.log_requests:
+            self._log_line(job, reason, event)
         if job.span is None:
             return
         st, n_out = job.stats, len(job.tokens)
@@ -106,6 +111,16 @@ class Observer:
             job.span.set_attribute("error.type", str(event.status))
             job.span.set_status(Status(StatusCode.ERROR, event.message))
         job.span.end()
+
+    @staticmethod
+    def _log_line(job: Job, reason: str, event: Finished | Failed) -> None:
+        st = job.stats
+        ttft = f"{job.first_token_at - job.created:.3f}s" if job.first_token_at is not None else "-"
+        error = f" ({event.status}: {event.message})" if isinstance(event, Failed) else ""
+        log.info("request %s %s%s: prompt %d tokens, output %d tokens, %d steps, tau %.2f, drafter %s, "
+                 "ttft %s, %.2fs", job.spec.request_id or job.seq_id, reason, error, len(job.spec.prompt_ids),
+                 len(job.tokens), st.steps, st.mean_acceptance_length, st.drafter or "none", ttft,
+                 time.monotonic() - job.created)
 
     # --- batches: prefill and step -----------------------------------------------------------
     def _batch_span(self, name: str, jobs: Sequence[Job], attrs: dict):

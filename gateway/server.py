@@ -21,6 +21,7 @@ import uvicorn
 from gateway.grpc_api import GatewayServicer
 from gateway.http_api import create_app
 from gateway.state import GatewayConfig, GatewayState
+from gateway.stats_log import StatsLine
 from gateway.text import TextCodec
 from specgrove.clients import DraftClient, TargetClient
 from specgrove.errors import ServiceError
@@ -68,6 +69,7 @@ class GatewayServer:
         self.http_port = self.grpc_port = 0
         self._http_task: asyncio.Task | None = None
         self._health_task: asyncio.Task | None = None
+        self._stats_task: asyncio.Task | None = None
         self._stopped = False
 
     async def start(self, wait_s: float = 600.0) -> None:
@@ -82,6 +84,8 @@ class GatewayServer:
         await state.refresh_drafters()
         state.orchestrator.start()
         self._health_task = asyncio.create_task(self._watch_health(), name="health-watch")
+        if cfg.log_stats_interval_s > 0:
+            self._stats_task = asyncio.create_task(self._log_stats(), name="stats-log")
         self.grpc = GrpcService([SERVICE_NAME], tel.server_interceptors(), state.auth,
                                 max_receive_bytes=cfg.max_body_bytes)
         gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayServicer(state), self.grpc.server)
@@ -118,6 +122,12 @@ class GatewayServer:
                 log.exception("health probe failed")
             await asyncio.sleep(self.cfg.health_poll_s)
 
+    async def _log_stats(self) -> None:
+        stats = StatsLine(self.state.metrics)
+        while True:
+            await asyncio.sleep(self.cfg.log_stats_interval_s)
+            stats.log()
+
     async def stop(self, grace_s: float | None = None) -> None:
         if self._stopped:
             return
@@ -125,8 +135,9 @@ class GatewayServer:
         grace = self.cfg.grace_s if grace_s is None else grace_s
         if self.state is not None:
             await self.state.drain(grace)
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in (self._health_task, self._stats_task):
+            if task is not None:
+                task.cancel()
         if self.http is not None:
             self.http.should_exit = True
             await asyncio.gather(self._http_task, return_exceptions=True)

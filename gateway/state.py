@@ -13,7 +13,7 @@ from gateway.observe import Observer
 from gateway.orchestrator import Orchestrator, Overloaded, SchedulerConfig
 from gateway.text import TextCodec
 from specgrove.auth import KeyPolicy
-from specgrove.errors import ServiceError
+from specgrove.errors import InvalidRequest, ServiceError
 from specgrove.ports import DraftPort, TargetPort
 from specgrove.telemetry import TelemetryConfig
 from specgrove.tls import TlsConfig
@@ -40,6 +40,9 @@ class GatewayConfig:
     tls: TlsConfig | None = None  # the gRPC port's TLS and the client certificate towards the services
     max_requests_per_second: int = 0  # admission rate limit (0 = none); excess requests wait
     max_body_bytes: int = 1 << 20
+    served_model_names: tuple[str, ...] = ()  # what clients call the model [the target's name]
+    log_requests: bool = True  # one INFO line per finished request
+    log_stats_interval_s: float = 10.0  # a stats line this often while there is work (0 = never)
     rpc_timeout_s: float = 30.0
     grace_s: float = 30.0
     health_poll_s: float = 0.5  # how often the services' gRPC health is checked
@@ -51,7 +54,8 @@ class GatewayState:
                  info: TargetInfo, codec: TextCodec, tracer=None) -> None:
         self.cfg, self.target, self.draft, self.info, self.codec = cfg, target, draft, info, codec
         self.metrics = GatewayMetrics()
-        self.observer = obs = Observer(tracer, self.metrics, info.model, info.total_blocks)
+        self.observer = obs = Observer(tracer, self.metrics, info.model, info.total_blocks,
+                                       log_requests=cfg.log_requests)
         self.orchestrator = orch = Orchestrator(cfg.scheduler, target, draft, codec, info, obs)
         self.metrics.bind_gauges(lambda: len(orch.running), lambda: len(orch.waiting),
                                  lambda: obs.kv_usage(target.free_blocks))
@@ -64,8 +68,18 @@ class GatewayState:
         self.auth = KeyPolicy(cfg.api_keys, cfg.admin_keys, ADMIN_METHODS)
 
     @property
+    def model_names(self) -> tuple[str, ...]:
+        """The names clients may use; the first is the one responses carry."""
+        return self.cfg.served_model_names or (self.info.model,)
+
+    @property
     def model_id(self) -> str:
-        return self.info.model
+        return self.model_names[0]
+
+    def check_model(self, name: str) -> None:
+        if name not in self.model_names:
+            raise InvalidRequest("model", f"unknown model {name!r}; this server serves "
+                                          f"{', '.join(repr(n) for n in self.model_names)}")
 
     async def refresh_drafters(self) -> None:
         try:

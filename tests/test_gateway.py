@@ -209,7 +209,7 @@ BAD = [
     (json.dumps({"model": "nope", "prompt": "hi"}), "unknown model"),
     (json.dumps({"model": "M", "prompt": "hi", "speculation": {"drafter": "ghost"}}), "unknown drafter"),
     (json.dumps({"model": "M", "prompt": "hi", "speculation": {"tree": "9,9,9"}}), "exceed"),
-    (json.dumps({"model": "M", "prompt": "hi", "n": 3}), "n"),
+    (json.dumps({"model": "M", "prompt": "hi", "n": 100}), "n"),
     (json.dumps({"model": "M", "prompt": "x" * (2 << 20)}), "exceeds the limit"),
     ('{"model": "M", "prompt": "ab\\ud800cd"}', "surrogate"),
     ('{"model": "M", "prompt": "hi", "max_tokens": ' + "9" * 5000 + "}", "digits"),

@@ -84,8 +84,8 @@ def test_token_id_prompts_equal_their_text(stack, client):
     assert by_ids.choices[0].text == by_text.choices[0].text
     with pytest.raises(openai.BadRequestError, match="outside the vocabulary"):
         client.completions.create(model=stack["model"], prompt=[10**6], max_tokens=2)
-    with pytest.raises(openai.BadRequestError, match="one prompt"):
-        client.completions.create(model=stack["model"], prompt=["a", "b"], max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="prompts"):
+        client.completions.create(model=stack["model"], prompt=["a"] * 17, max_tokens=2)
 
 
 def test_stop_token_ids_end_the_request(stack):
@@ -121,3 +121,68 @@ def test_model_by_id_and_usage_null_on_stream_chunks(stack, client):
         chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
     assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
     assert chunks[-1]["usage"]["completion_tokens"] >= 1 and chunks[-1]["choices"] == []
+
+
+def test_tokenize_and_detokenize(stack):
+    r = httpx.post(stack["http"] + "/tokenize", timeout=30,
+                   json={"model": stack["model"], "prompt": "the lazy dog", "return_token_strs": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == len(body["tokens"]) == len(body["token_strs"]) and body["max_model_len"] > 0
+    back = httpx.post(stack["http"] + "/detokenize", timeout=30, json={"model": stack["model"], "tokens": body["tokens"]})
+    assert back.json()["prompt"].strip() == "the lazy dog"
+    chat = httpx.post(stack["http"] + "/tokenize", timeout=30,
+                      json={"model": stack["model"], "messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 200 and chat.json()["count"] > 1
+    for path, body in (("/tokenize", {"model": stack["model"]}), ("/detokenize", {"model": stack["model"], "tokens": [-1]}),
+                       ("/tokenize", {"model": "nope", "prompt": "x"})):
+        assert httpx.post(stack["http"] + path, json=body, timeout=30).status_code == 400
+
+
+def test_served_model_names_are_aliases(tiny_dirs):
+    from dataclasses import replace
+
+    with running_stack(tiny_dirs["llama"], tiny_dirs["draft"]) as s:
+        gw = s["gw"]
+        gw.state.cfg = replace(gw.state.cfg, served_model_names=("tiny", "tiny-alias"))
+        client = openai.OpenAI(base_url=s["http"] + "/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["tiny", "tiny-alias"]
+        for name in ("tiny", "tiny-alias"):
+            r = client.completions.create(model=name, prompt="fox", max_tokens=2)
+            assert r.model == "tiny"
+        with pytest.raises(openai.BadRequestError, match="unknown model"):
+            client.completions.create(model=s["model"], prompt="fox", max_tokens=2)
+
+
+def test_n_choices_and_several_prompts(stack, client):
+    greedy = client.completions.create(model=stack["model"], prompt=["the lazy dog", "hello world"], n=2,
+                                       max_tokens=6, temperature=0, extra_body={"ignore_eos": True})
+    assert [c.index for c in greedy.choices] == [0, 1, 2, 3]
+    texts = [c.text for c in greedy.choices]
+    assert texts[0] == texts[1] and texts[2] == texts[3]  # greedy choices of one prompt agree
+    alone = client.completions.create(model=stack["model"], prompt="hello world", max_tokens=6, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    assert texts[2] == alone.choices[0].text
+    assert greedy.usage.completion_tokens == 24 and greedy.usage.prompt_tokens == sum(
+        client.completions.create(model=stack["model"], prompt=p, max_tokens=1).usage.prompt_tokens
+        for p in ("the lazy dog", "hello world"))
+
+    def sampled(**kw):
+        return client.chat.completions.create(model=stack["model"], messages=[{"role": "user", "content": "fox"}],
+                                              n=4, max_tokens=8, temperature=1.0, seed=11,
+                                              extra_body={"ignore_eos": True, **kw})
+    first = sampled()
+    again = sampled(speculation={"drafter": "lookup", "tree": "2,2"})
+    contents = [c.message.content for c in first.choices]
+    assert len(set(contents)) > 1  # each choice samples under its own seed
+    assert [c.message.content for c in again.choices] == contents  # ... reproducibly, whatever the speculation
+    streamed: dict[int, str] = {}
+    finished = set()
+    for chunk in client.chat.completions.create(model=stack["model"], messages=[{"role": "user", "content": "fox"}],
+                                                n=4, max_tokens=8, temperature=1.0, seed=11, stream=True,
+                                                extra_body={"ignore_eos": True}):
+        for c in chunk.choices:
+            streamed[c.index] = streamed.get(c.index, "") + (c.delta.content or "")
+            if c.finish_reason:
+                finished.add(c.index)
+    assert finished == {0, 1, 2, 3} and [streamed[i] for i in range(4)] == contents

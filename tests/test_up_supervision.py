@@ -15,27 +15,12 @@ import grpc
 import httpx
 import pytest
 
+from benchmarks.common import child_pid
 from specgrove.pb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from specgrove.service import free_ports
 
 KEY = "up-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
-
-
-def _child_pid(parent: int, role: str) -> int | None:
-    """The pid of ``up``'s child running ``specgrove.cli <role>``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and role.encode() in argv and b"specgrove.cli" in argv:
-            return int(entry.name)
-    return None
 
 
 def _wait(predicate, timeout_s: float, what: str):
@@ -113,14 +98,14 @@ def test_up_restarts_children_keeps_serving_and_drains(tiny_dirs):
 
         # 1. kill -9 the draft service mid-stream: the stream finishes, the draft comes back,
         #    and speculation resumes.
-        draft_pid = _child_pid(up.pid, "draft")
+        draft_pid = child_pid(up.pid, "draft")
         stream = Stream(base, model, 400)
         stream.start()
         assert stream.started.wait(60)
         os.kill(draft_pid, signal.SIGKILL)
         stream.join(120)
         assert stream.error is None and stream.finish == "length" and stream.tokens >= 1
-        new_draft = _wait(lambda: (p := _child_pid(up.pid, "draft")) not in (None, draft_pid) and p,
+        new_draft = _wait(lambda: (p := child_pid(up.pid, "draft")) not in (None, draft_pid) and p,
                           60, "draft restarted")
         assert new_draft != draft_pid
 
@@ -132,7 +117,7 @@ def test_up_restarts_children_keeps_serving_and_drains(tiny_dirs):
         # 2. kill -9 the target: /health turns 503 on its own, the in-flight request fails
         #    cleanly, the target comes back, /health 200 again with no request, and new
         #    requests are served.
-        target_pid = _child_pid(up.pid, "target")
+        target_pid = child_pid(up.pid, "target")
         stream = Stream(base, model, 400)
         stream.start()
         assert stream.started.wait(60)
@@ -143,14 +128,14 @@ def test_up_restarts_children_keeps_serving_and_drains(tiny_dirs):
         stream.join(60)
         assert stream.finish != "length" and stream.error is not None
         _wait(lambda: _health(base) == 200, 180, "health 200 after the target restarted")
-        assert _child_pid(up.pid, "target") not in (None, target_pid)
+        assert child_pid(up.pid, "target") not in (None, target_pid)
         assert _complete(base, model).status_code == 200
 
         # 3. SIGTERM to up with a request in flight: it finishes, then everything stops.
         stream = Stream(base, model, 400)
         stream.start()
         assert stream.started.wait(60)
-        pids = [_child_pid(up.pid, r) for r in ("target", "draft", "gateway")]
+        pids = [child_pid(up.pid, r) for r in ("target", "draft", "gateway")]
         up.send_signal(signal.SIGTERM)
         stream.join(60)
         assert stream.error is None and stream.finish == "length"

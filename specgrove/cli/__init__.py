@@ -132,6 +132,8 @@ def draft(**opts) -> None:
 @click.option("--drain-timeout", "grace_s", default=30.0, show_default=True, type=float,
               help="On SIGTERM: seconds to let in-flight requests finish.")
 @click.option("--log-level", default="INFO", show_default=True)
+@serve_cmds.served_model_name_option
+@serve_cmds.operator_log_options
 @serve_cmds.tracing_options
 def gateway(**opts) -> None:
     """Run the gateway: OpenAI REST + SSE and gRPC streaming over the draft/target services."""
@@ -167,6 +169,8 @@ def gateway(**opts) -> None:
 @click.option("--allow-drafter", "allow_drafters", multiple=True, metavar="NAME|PATH",
               help="A model / head name or path LoadDrafter may load at run time (repeatable).")
 @serve_cmds.tls_options
+@serve_cmds.served_model_name_option
+@serve_cmds.operator_log_options
 @click.option("--tls-generate", is_flag=True,
               help="Mutual TLS between all three with a throwaway CA and certificates made at "
                    "start-up in a private temporary directory (printed; removed on exit).")
@@ -177,6 +181,7 @@ def up(**opts) -> None:
 
     opts["api_keys"], opts["admin_keys"] = tuple(opts["api_keys"]), tuple(opts["admin_keys"])
     opts["allow_drafters"] = tuple(opts["allow_drafters"])
+    opts["served_model_names"] = tuple(opts["served_model_names"])
     run_up(UpConfig(**opts))
 
 

@@ -51,6 +51,21 @@ def service_token_option(fn):
                              "[none: the port is open to local processes].")(fn)
 
 
+def operator_log_options(fn):
+    """vLLM's switches for the per-request log line and the periodic stats line."""
+    fn = click.option("--disable-log-requests", is_flag=True,
+                      help="No INFO line per finished request.")(fn)
+    return click.option("--log-stats-interval", "log_stats_interval_s", default=10.0, show_default=True,
+                        type=float, help="Seconds between stats lines while there is work (0: none).")(fn)
+
+
+def served_model_name_option(fn):
+    """What clients call the model (vLLM's flag); several names are aliases, the first is shown."""
+    return click.option("--served-model-name", "served_model_names", multiple=True, metavar="NAME",
+                        help="Model name(s) clients use; the first one is what responses carry "
+                             "(repeatable) [the target's name or path].")(fn)
+
+
 TLS_OPTIONS = [
     click.option("--tls-cert", default=None, metavar="PEM",
                  help="Serve gRPC over TLS with this certificate (chain); also the client "
@@ -143,7 +158,8 @@ def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, p
 def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, tokenizer: str | None,
                 api_keys: tuple[str, ...], admin_keys: tuple[str, ...], service_token: str, max_batch: int, max_waiting: int, default_tree: str,
                 max_requests_per_second: int, adaptive_speculation: bool, grace_s: float,
-                log_level: str, **tracing) -> None:
+                log_level: str, served_model_names: tuple[str, ...], disable_log_requests: bool,
+                log_stats_interval_s: float, **tracing) -> None:
     tls = _tls(tracing)
     from gateway.orchestrator import SchedulerConfig
     from gateway.server import GatewayServer
@@ -157,5 +173,7 @@ def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, t
                                                   adaptive_speculation=adaptive_speculation),
                         api_keys=api_keys, admin_keys=admin_keys, service_token=service_token,
                         max_requests_per_second=max_requests_per_second, grace_s=grace_s,
-                        telemetry=_telemetry(tracing), tls=tls)
+                        telemetry=_telemetry(tracing), tls=tls,
+                        served_model_names=tuple(served_model_names),
+                        log_requests=not disable_log_requests, log_stats_interval_s=log_stats_interval_s)
     asyncio.run(GatewayServer(cfg).serve_forever())

@@ -57,6 +57,9 @@ class UpConfig:
     admin_keys: tuple[str, ...] = ()
     drain_timeout_s: float = 30.0  # the gateway's time to finish in-flight requests on SIGTERM
     allow_drafters: tuple[str, ...] = ()  # what LoadDrafter may load at run time (draft --allow-drafter)
+    served_model_names: tuple[str, ...] = ()  # gateway --served-model-name
+    disable_log_requests: bool = False  # gateway: no line per request
+    log_stats_interval_s: float = 10.0  # gateway: stats line period (0 = none)
     startup_timeout_s: float = 900.0
     grace_s: float = 15.0
     tls_cert: str | None = None
@@ -102,6 +105,9 @@ def _commands(cfg: UpConfig, tls: TlsConfig | None = None) -> dict[str, list[str
                           "--draft", f"127.0.0.1:{cfg.draft_port}", "--host", cfg.host,
                           "--port", str(cfg.port), "--grpc-port", str(cfg.grpc_port),
                           "--default-tree", cfg.default_tree, "--drain-timeout", str(cfg.drain_timeout_s),
+                          *[x for n in cfg.served_model_names for x in ("--served-model-name", n)],
+                          *(["--disable-log-requests"] if cfg.disable_log_requests else []),
+                          "--log-stats-interval", str(cfg.log_stats_interval_s),
                           *tls_args, *_tracing(cfg, "gateway")],
     }
 

@@ -7,6 +7,7 @@ transformers' GGUF support) into a safetensors directory under the cache
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -18,6 +19,8 @@ import torch
 from specgrove.model_paths import NAMED_MODELS, converted_dir, model_dir, named_gguf
 from specgrove.modeling.config import ModelConfig
 from specgrove.modeling.parallel import LayerContext, TPGroup
+
+log = logging.getLogger("specgrove.model")
 
 # checkpoint sub-matrix -> (our fused parameter, shard index)
 _FUSED = {
@@ -36,12 +39,25 @@ def resolve_model(name_or_path: str) -> Path:
 
 
 def _converted_gguf(gguf: Path, target: Path) -> Path:
-    """Convert a GGUF file to a safetensors directory once; atomic against concurrent runs."""
+    """Convert a GGUF file to a safetensors directory once. Concurrent runs (``up`` starts the
+    target and the draft service together) wait on a file lock for the first one, so the work
+    is done once and said once."""
     if (target / "config.json").is_file():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import fcntl
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (target / "config.json").is_file():  # converted while this process waited
+            return target
+        log.warning("first run: converting %s to %s (once; later starts reuse it)", gguf, target)
+        return _convert(gguf, target)
+
+
+def _convert(gguf: Path, target: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
     try:
         kwargs = {"gguf_file": gguf.name}
