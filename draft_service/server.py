@@ -41,10 +41,13 @@ class DraftServerConfig:
 
 
 def parse_drafter_option(text: str) -> tuple[str, str]:
-    """``NAME=KIND[:SPEC]`` -> (name, spec)."""
+    """``NAME=KIND[:SPEC]`` -> (name, spec); ``KIND[:SPEC]`` alone is named after its kind
+    (``--drafter ngram`` is ``ngram=ngram``)."""
     name, sep, spec = text.partition("=")
-    if not sep or not name or not spec:
-        raise InvalidRequest("drafter", f"expected NAME=KIND[:SPEC], got {text!r}")
+    if not sep:
+        name, spec = text.partition(":")[0], text
+    if not name or not spec:
+        raise InvalidRequest("drafter", f"expected [NAME=]KIND[:SPEC], got {text!r}")
     return name, spec
 
 

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gateway.job import JobSpec
 from gateway.text import TextCodec
-from specgrove.tree import TreeError, parse_branching, static_tree_size
+from specgrove.config import parse_tree_option
+from specgrove.tree import TreeError, static_tree_size
 from specgrove.errors import InvalidRequest
 from specgrove.types import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SamplingParams, TargetInfo, TreeBudget
 
@@ -46,7 +47,6 @@ UNSUPPORTED: dict[str, tuple] = {
     "include_stop_str_in_output": (None, False), "skip_special_tokens": (None, True),
     "add_generation_prompt": (None, True), "continue_final_message": (None, False),
     "chat_template": _NONE, "chat_template_kwargs": (None, {}), "documents": _NONE,
-    "echo": (None, False),
 }
 # Known fields with no effect on generation here, accepted as they are.
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "priority",
@@ -138,10 +138,26 @@ class CompletionRequest(_Common):
     # One prompt: a string, or token ids (a list of one of either is accepted too).
     prompt: Union[str, list[int], list[str], list[list[int]]]
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)  # alternatives per token
+    echo: bool = False  # the prompt's text before the completion's
+
+    @model_validator(mode="after")
+    def _echo_without_logprobs(self):
+        if self.echo and self.logprobs is not None:
+            raise InvalidRequest("echo", "echo with logprobs would need the prompt's log-probabilities, "
+                                         "which this server does not compute")
+        return self
 
     @property
     def top_logprobs_wanted(self) -> int | None:
         return self.logprobs
+
+    def echoed(self, codec: TextCodec) -> list[str]:
+        """Each prompt's text as echoed (token-id prompts decoded); "" per prompt without echo."""
+        prompt = self.prompt
+        many = prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else [prompt]
+        if not self.echo:
+            return [""] * len(many)
+        return [codec.decode(p) if isinstance(p, list) else p for p in many]
 
 
 class TextPart(BaseModel):
@@ -182,6 +198,7 @@ class ChatRequest(_Common):
     special_tokens_in_content: bool = False
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: Literal[False] = False  # vLLM's chat echo (of the last message) is not implemented
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self):
@@ -214,11 +231,16 @@ def speculation_of(spec: SpeculationSpec | None, default: TreeBudget, drafters: 
         raise InvalidRequest("speculation.drafter",
                              f"unknown drafter {spec.drafter!r}; loaded: {sorted(drafters)}")
     budget = default
-    if isinstance(spec.tree, str):
+    if isinstance(spec.tree, str):  # one syntax everywhere: "4,2,2,1" static, "N:D[:K]" dynamic
         try:
-            budget = TreeBudget(branching=parse_branching(spec.tree))
-        except TreeError as exc:
-            raise InvalidRequest("speculation.tree", str(exc)) from exc
+            budget = parse_tree_option(spec.tree)
+        except (TreeError, InvalidRequest) as exc:
+            raise InvalidRequest("speculation.tree", getattr(exc, "reason", str(exc))) from exc
+        if not budget.is_static:  # the bounds of the object form, TreeSpec
+            try:
+                TreeSpec(nodes=budget.max_nodes, depth=budget.max_depth, top_k=budget.top_k)
+            except ValidationError as exc:
+                raise InvalidRequest("speculation.tree", f"{invalid(exc)}") from exc
     elif isinstance(spec.tree, TreeSpec):
         budget = TreeBudget(max_nodes=spec.tree.nodes, max_depth=spec.tree.depth, top_k=spec.tree.top_k)
     return spec.drafter or "", budget

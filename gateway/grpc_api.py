@@ -30,7 +30,9 @@ def _as_request(msg: gateway_pb2.GenerateRequest):
     """Map the proto onto the REST schema so both APIs share one validation path."""
     s = msg.sampling
     common = dict(model=msg.model, max_tokens=msg.max_tokens or None,
-                  temperature=s.temperature, top_p=s.top_p or 1.0, top_k=s.top_k,
+                  # Unset fields take the REST defaults: one set of defaults for both APIs.
+                  temperature=s.temperature if s.HasField("temperature") else 1.0,
+                  top_p=s.top_p if s.HasField("top_p") else 1.0, top_k=s.top_k,
                   seed=s.seed if s.HasField("seed") else None, stop=list(msg.stop),
                   presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
                   repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
@@ -41,7 +43,11 @@ def _as_request(msg: gateway_pb2.GenerateRequest):
     if msg.HasField("speculation"):
         sp = msg.speculation
         tree = None
-        if sp.HasField("tree"):
+        if sp.tree_spec and sp.HasField("tree"):
+            raise InvalidRequest("speculation.tree_spec", "give tree_spec or tree, not both")
+        if sp.tree_spec:
+            tree = sp.tree_spec
+        elif sp.HasField("tree"):
             t = TreeBudget.from_pb(sp.tree)
             tree = (",".join(map(str, t.branching)) if t.is_static
                     else TreeSpec(nodes=t.max_nodes, depth=t.max_depth, top_k=t.top_k))

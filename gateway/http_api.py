@@ -184,6 +184,7 @@ async def _generate(state: GatewayState, request: Request, model_cls):
         await state.admit()
         for spec in specs:  # n choices per prompt, each with its own seed (derived from one given)
             jobs += [state.submit(choice_spec(spec, i), parent) for i in range(req.n)]
+        echo = [text for text in ([""] if chat else req.echoed(state.codec)) for _ in range(req.n)]
     except InvalidRequest as exc:
         return error(400, str(exc), exc.field)
     except Overloaded as exc:
@@ -192,11 +193,11 @@ async def _generate(state: GatewayState, request: Request, model_cls):
         return error(429, str(exc))
     if req.stream:
         usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(openai_responses.sse(state, jobs, req.n, rid, chat, usage),
+        return StreamingResponse(openai_responses.sse(state, jobs, req.n, rid, chat, usage, echo),
                                  media_type="text/event-stream")
     watcher = asyncio.create_task(_cancel_on_disconnect(request, jobs))
     try:
-        return await openai_responses.whole(state, jobs, req.n, rid, chat)
+        return await openai_responses.whole(state, jobs, req.n, rid, chat, echo)
     finally:
         watcher.cancel()
 

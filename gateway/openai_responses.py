@@ -61,7 +61,9 @@ async def _collect(job: Job) -> tuple[str, str, list] | Failed:
             return ev
 
 
-async def whole(state: GatewayState, jobs: Sequence[Job], n: int, rid: str, chat: bool):
+async def whole(state: GatewayState, jobs: Sequence[Job], n: int, rid: str, chat: bool,
+                echo: Sequence[str] = ()):
+    """``echo``: per choice, text to put before its completion (the prompt, with ``echo``)."""
     try:
         results = await asyncio.gather(*(_collect(j) for j in jobs))
     finally:
@@ -72,6 +74,7 @@ async def whole(state: GatewayState, jobs: Sequence[Job], n: int, rid: str, chat
         return error(failed.status, failed.message)
     choices = []
     for i, (job, (text, reason, logprobs)) in enumerate(zip(jobs, results)):
+        text = (echo[i] if echo else "") + text
         lp = _logprobs(state, job, chat, logprobs)
         choice = ({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                    "logprobs": lp} if chat else
@@ -85,7 +88,7 @@ async def whole(state: GatewayState, jobs: Sequence[Job], n: int, rid: str, chat
 
 
 async def sse(state: GatewayState, jobs: Sequence[Job], n: int, rid: str, chat: bool,
-              include_usage: bool) -> AsyncIterator[str]:
+              include_usage: bool, echo: Sequence[str] = ()) -> AsyncIterator[str]:
     created, obj = int(time.time()), "chat.completion.chunk" if chat else "text_completion"
     offsets = [0] * len(jobs)  # of each choice's next token in its text (completions' text_offset)
     started = [False] * len(jobs)
@@ -104,7 +107,8 @@ async def sse(state: GatewayState, jobs: Sequence[Job], n: int, rid: str, chat: 
             delta = ({"role": "assistant", "content": text or ""} if first
                      else ({"content": text} if text else {}))
             return {"index": i, "delta": delta, "finish_reason": reason, "logprobs": lp}
-        return {"index": i, "text": text or "", "finish_reason": reason, "logprobs": lp}
+        prefix = echo[i] if first and echo else ""  # the echoed prompt leads the first chunk
+        return {"index": i, "text": prefix + (text or ""), "finish_reason": reason, "logprobs": lp}
 
     merged: asyncio.Queue = asyncio.Queue()
 

@@ -79,7 +79,8 @@ class GatewayServer:
         target = TargetClient(cfg.target, cfg.rpc_timeout_s, tel.client_interceptors(), token, cfg.tls)
         draft = DraftClient(cfg.draft, cfg.rpc_timeout_s, tel.client_interceptors(), token, cfg.tls)
         info = await wait_for_target(target, wait_s)
-        codec = TextCodec(Path(cfg.model_dir) if cfg.model_dir else model_dir(info.model))
+        template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
+        codec = TextCodec(Path(cfg.model_dir) if cfg.model_dir else model_dir(info.model), template)
         self.state = state = GatewayState(cfg, target, draft, info, codec, tel.tracer)
         await state.refresh_drafters()
         state.orchestrator.start()

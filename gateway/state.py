@@ -41,6 +41,7 @@ class GatewayConfig:
     max_requests_per_second: int = 0  # admission rate limit (0 = none); excess requests wait
     max_body_bytes: int = 1 << 20
     served_model_names: tuple[str, ...] = ()  # what clients call the model [the target's name]
+    chat_template: str | None = None  # a Jinja file replacing the tokenizer's chat template
     log_requests: bool = True  # one INFO line per finished request
     log_stats_interval_s: float = 10.0  # a stats line this often while there is work (0 = never)
     rpc_timeout_s: float = 30.0

@@ -22,15 +22,16 @@ def _token_text(value) -> str | None:
 
 
 class TextCodec:
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, chat_template: str | None = None) -> None:
+        """``chat_template``: Jinja text replacing the tokenizer's own (``--chat-template``)."""
         if not (model_dir / "tokenizer.json").is_file():
             raise FileNotFoundError(f"{model_dir} has no tokenizer.json (a fast tokenizer is needed)")
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         cfg_path = model_dir / "tokenizer_config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
         template_file = model_dir / "chat_template.jinja"
-        self.chat_template = (template_file.read_text() if template_file.is_file()
-                              else cfg.get("chat_template"))
+        self.chat_template = chat_template or (template_file.read_text() if template_file.is_file()
+                                               else cfg.get("chat_template"))
         self.bos_token = _token_text(cfg.get("bos_token"))
         self.eos_token = _token_text(cfg.get("eos_token"))
         self.eos_token_id = self.tokenizer.token_to_id(self.eos_token) if self.eos_token else None

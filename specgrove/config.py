@@ -60,29 +60,15 @@ class ModelRunConfig:
         return torch.device(self.device)
 
 
-def tree_budget(
-    tree: str | None, nodes: int | None, depth: int | None, top_k: int | None
-) -> TreeBudget:
-    """A static shape (``"4,2,2,1"``) or a dynamic nodes/depth/top-k budget."""
-    if tree:
-        if nodes is not None or depth is not None:
-            raise InvalidRequest("tree", "give either a static shape or nodes/depth, not both")
-        return TreeBudget(branching=parse_branching(tree))
-    budget = TreeBudget(
-        max_nodes=16 if nodes is None else nodes, max_depth=5 if depth is None else depth,
-        top_k=4 if top_k is None else top_k,
-    )
-    return budget
-
-
 def parse_tree_option(text: str) -> TreeBudget:
-    """``NODES:DEPTH[:TOP_K]`` (dynamic) or a static shape ``4,2,2,1`` (a lone ``4`` is static)."""
+    """The one tree syntax of every entry point (CLI, REST string, docs): ``NODES:DEPTH[:TOP_K]``
+    (dynamic, EAGLE-2; TOP_K 4 by default) or a static shape ``4,2,2,1`` (a lone ``4`` is static)."""
     if ":" not in text:
-        return tree_budget(text, None, None, None)
+        return TreeBudget(branching=parse_branching(text))
     try:
         parts = [int(x) for x in text.split(":")]
     except ValueError:
         parts = []
     if len(parts) not in (2, 3):
         raise InvalidRequest("tree", f"expected NODES:DEPTH[:TOP_K] or a shape like 4,2,2,1; got {text!r}")
-    return tree_budget(None, parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+    return TreeBudget(max_nodes=parts[0], max_depth=parts[1], top_k=parts[2] if len(parts) == 3 else 4)

@@ -93,7 +93,9 @@ class SamplingParams:
         seed = msg.seed if msg.HasField("seed") else None
         logprobs = msg.logprobs if msg.HasField("logprobs") else None
         repetition = msg.repetition_penalty if msg.HasField("repetition_penalty") else 1.0
-        return SamplingParams(msg.temperature, msg.top_p, msg.top_k, seed, logprobs,
+        temperature = msg.temperature if msg.HasField("temperature") else SamplingParams.temperature
+        top_p = msg.top_p if msg.HasField("top_p") else SamplingParams.top_p
+        return SamplingParams(temperature, top_p, msg.top_k, seed, logprobs,
                               msg.presence_penalty, msg.frequency_penalty, repetition, msg.min_p,
                               msg.min_tokens, tuple(sorted(msg.logit_bias.items())),
                               tuple(msg.stop_token_ids))

@@ -32,8 +32,8 @@ def test_generate_json_plain_vs_speculative(tiny_dirs):
     assert plain["steps"] == len(plain["token_ids"]) - 1 and plain["drafted_tokens"] == 0
     assert set(plain) >= {"token_ids", "text", "steps", "drafted_tokens", "accepted_tokens",
                           "mean_acceptance_length", "tokens_per_second"}
-    for extra in (["--drafter", "ngram"], ["--draft", str(tiny_dirs["draft"]), "--tree", "3,2"],
-                  ["--draft", str(tiny_dirs["draft"]), "--tree-nodes", "8", "--tree-depth", "3"]):
+    for extra in (["--drafter", "ngram"], ["--drafter", f"model:{tiny_dirs['draft']}", "--tree", "3,2"],
+                  ["--drafter", f"small=model:{tiny_dirs['draft']}", "--tree", "8:3"]):
         spec = _json(*common, *extra)
         assert spec["token_ids"] == plain["token_ids"]
         assert spec["text"] == plain["text"]
@@ -56,7 +56,9 @@ def test_chat_and_sampling_options(tiny_dirs):
         (["--top-p", "1.5"], "top_p"),
         (["--max-tokens", "0"], "max_tokens"),
         (["--tree", "2,x"], "bad tree shape"),
-        (["--drafter", "model"], "needs --draft"),
+        (["--drafter", "model"], "needs a path"),
+        (["--drafter", "wizard"], "unknown drafter kind"),
+        (["--tree", "8:x"], "NODES:DEPTH"),
     ],
 )
 def test_bad_input_gives_one_line_error(tiny_dirs, args, needle):
@@ -78,7 +80,7 @@ def test_unsupported_architecture_and_vocab_mismatch(tiny_dirs, tmp_path):
     code, _, err = _run("--target", str(gpt2), "--prompt", "hi")
     assert code != 0 and "unsupported architecture 'gpt2'" in err and len(err.strip().splitlines()) == 1
     other = save_tiny_model(tmp_path / "v400", "llama", vocab_size=400)
-    code, _, err = _run("--target", str(tiny_dirs["llama"]), "--draft", str(other), "--prompt", "hi")
+    code, _, err = _run("--target", str(tiny_dirs["llama"]), "--drafter", f"model:{other}", "--prompt", "hi")
     assert code != 0 and "vocabulary of 400 tokens but the target has 320" in err
 
 

@@ -282,9 +282,9 @@ def test_rest_grpc_and_specgrove_generate_agree_on_a_seeded_request(stack, tiny_
 
     prompt, seed = "the quick brown fox", 11
     cli = run_generate(GenerateOptions(
-        target=str(tiny_dirs["llama"]), draft_path=None, drafter="none", prompt=prompt, chat=False,
-        max_tokens=16, temperature=0.8, top_p=0.9, top_k=0, seed=seed, tree=None, tree_nodes=None,
-        tree_depth=None, tree_top_k=None, dtype="float64", quantization="none", device="cpu", kernel_backend="torch",
+        target=str(tiny_dirs["llama"]), drafter="none", prompt=prompt, chat=False,
+        max_tokens=16, temperature=0.8, top_p=0.9, top_k=0, seed=seed, tree="8:4",
+        dtype="float64", quantization="none", device="cpu", kernel_backend="torch",
         block_size=4, kv_blocks=256, as_json=True))
     rest = httpx.post(stack["http"] + "/v1/completions", timeout=60, json={
         "model": stack["model"], "prompt": prompt, "max_tokens": 16, "temperature": 0.8,

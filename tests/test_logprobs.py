@@ -124,3 +124,4 @@ def test_grpc_generate_returns_logprobs(stack):
     assert [lp.token_id for lp in lps] == ids[:len(lps)] and len(lps) >= len(ids) - 1
     assert all(len(lp.top_ids) == 2 for lp in lps)
     assert not any(m.logprobs for m in asyncio.run(main()))
+

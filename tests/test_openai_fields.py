@@ -25,7 +25,7 @@ ASKING = {"prompt_logprobs": 1, "response_format": {"type": "json_object"},
           "web_search_options": {}, "reasoning_effort": "high", "truncate_prompt_tokens": 5,
           "include_stop_str_in_output": True, "skip_special_tokens": False,
           "add_generation_prompt": False, "continue_final_message": True, "chat_template": "{{x}}",
-          "chat_template_kwargs": {"a": 1}, "documents": [{"text": "x"}], "echo": True}
+          "chat_template_kwargs": {"a": 1}, "documents": [{"text": "x"}]}
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +186,54 @@ def test_n_choices_and_several_prompts(stack, client):
             if c.finish_reason:
                 finished.add(c.index)
     assert finished == {0, 1, 2, 3} and [streamed[i] for i in range(4)] == contents
+
+
+def test_grpc_unset_sampling_takes_the_rest_defaults():
+    from gateway.grpc_api import _as_request
+    from specgrove.pb.v1 import common_pb2, gateway_pb2
+
+    unset = _as_request(gateway_pb2.GenerateRequest(prompt="x"))
+    assert (unset.temperature, unset.top_p) == (1.0, 1.0)  # OpenAI's and REST's defaults
+    greedy = _as_request(gateway_pb2.GenerateRequest(prompt="x", sampling=common_pb2.SamplingParams(temperature=0)))
+    assert greedy.temperature == 0.0
+
+
+def test_one_tree_syntax_on_rest_and_grpc(stack):
+    import asyncio
+
+    import grpc
+
+    from specgrove.pb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+    for tree, want in (("8:4", {"nodes": 8, "depth": 4, "top_k": 4}), ("4,2", {"branching": [4, 2]}),
+                       ("6:3:2", {"nodes": 6, "depth": 3, "top_k": 2})):
+        r = httpx.post(stack["http"] + "/v1/completions", timeout=60, json={
+            "model": stack["model"], "prompt": "fox", "max_tokens": 3, "speculation": {"drafter": "lookup", "tree": tree}})
+        assert r.status_code == 200 and r.json()["specgrove"]["tree"] == want, r.text
+
+    async def grpc_tree(tree_spec):
+        async with grpc.aio.insecure_channel(stack["grpc"]) as ch:
+            req = gateway_pb2.GenerateRequest(model=stack["model"], prompt="fox", max_tokens=3,
+                                              sampling=common_pb2.SamplingParams(temperature=0),
+                                              speculation=gateway_pb2.Speculation(drafter="lookup", tree_spec=tree_spec))
+            msgs = [m async for m in gateway_pb2_grpc.GatewayStub(ch).Generate(req, timeout=60)]
+            return msgs[-1].effective.tree
+
+    tree = asyncio.run(grpc_tree("6:3:2"))
+    assert (tree.max_nodes, tree.max_depth, tree.top_k) == (6, 3, 2)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        asyncio.run(grpc_tree("6:x"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_echo_puts_the_prompt_first(stack, client):
+    plain = client.completions.create(model=stack["model"], prompt="the lazy dog", max_tokens=5, temperature=0)
+    echoed = client.completions.create(model=stack["model"], prompt="the lazy dog", max_tokens=5, temperature=0,
+                                       echo=True)
+    assert echoed.choices[0].text == "the lazy dog" + plain.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model=stack["model"], prompt="the lazy dog", max_tokens=5, temperature=0, echo=True, stream=True)
+        if c.choices)
+    assert streamed == echoed.choices[0].text
+    with pytest.raises(openai.BadRequestError, match="echo"):
+        client.completions.create(model=stack["model"], prompt="x", max_tokens=2, echo=True, logprobs=1)

@@ -10,6 +10,7 @@ import time
 
 import httpx
 import openai
+import pytest
 
 from specgrove.service import free_ports
 
@@ -26,7 +27,9 @@ def test_up_serves_and_stops_cleanly(tiny_dirs):
         [exe, "up", "--target", str(tiny_dirs["llama"]), "--drafter", "lookup=ngram",
          "--drafter", f"small=model:{tiny_dirs['draft']}", "--port", str(http),
          "--grpc-port", str(grpc_port), "--target-port", str(tport), "--draft-port", str(dport),
-         "--kv-blocks", "256"],
+         "--kv-blocks", "256", "--served-model-name", "tiny", "--max-batch", "8", "--max-tree-nodes", "32",
+         "--no-adaptive-speculation", "--log-stats-interval", "0",
+         "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 3}'],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 180
@@ -39,10 +42,17 @@ def test_up_serves_and_stops_cleanly(tiny_dirs):
                 pass
             time.sleep(0.5)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{http}/v1", api_key="x", max_retries=0)
-        r = client.completions.create(model=str(tiny_dirs["llama"]), prompt="the quick brown fox",
+        r = client.completions.create(model="tiny", prompt="the quick brown fox",
                                       max_tokens=12, temperature=0,
                                       extra_body={"speculation": {"drafter": "small", "tree": "2,2"}})
         assert r.usage.completion_tokens >= 1 and r.model_extra["specgrove"]["drafter"] == "small"
+        # vLLM's --speculative-config: an n-gram drafter by default, a chain of 3 as the default tree
+        d = client.completions.create(model="tiny", prompt="a b a b a b", max_tokens=8, temperature=0)
+        assert d.model_extra["specgrove"]["tree"] == {"branching": [1, 1, 1]}
+        assert d.model_extra["specgrove"]["drafter"] == "spec-ngram"
+        with pytest.raises(openai.BadRequestError, match="exceed"):  # --max-tree-nodes reached the target
+            client.completions.create(model="tiny", prompt="x", max_tokens=2,
+                                      extra_body={"speculation": {"tree": "8,4"}})
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)

@@ -23,11 +23,9 @@ def main() -> None:
 @main.command()
 @click.option("--target", default="smollm2-135m-instruct", show_default=True,
               help="Model name or path (Hugging Face directory or .gguf file).")
-@click.option("--draft", "draft_path", default=None,
-              help="Draft model path (implies --drafter model), or an EAGLE head (--drafter eagle).")
-@click.option("--drafter", type=click.Choice(["eagle", "ngram", "model", "none"]), default=None,
-              help="Drafter kind [default: model with --draft; else eagle when a head ships for "
-                   "the target; else ngram].")
+@click.option("--drafter", default=None, metavar="[NAME=]KIND[:SPEC]",
+              help="The drafter, as on `draft` and `up`: ngram, ngram:4, suffix, model:PATH, "
+                   "eagle:PATH|NAME, or none [eagle:TARGET when a head ships for the target, else ngram].")
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template.")
 @click.option("--max-tokens", default=128, show_default=True, type=int)
@@ -35,10 +33,8 @@ def main() -> None:
 @click.option("--top-p", default=1.0, show_default=True, type=float)
 @click.option("--top-k", default=0, show_default=True, type=int)
 @click.option("--seed", default=None, type=int)
-@click.option("--tree", default=None, help="Static tree shape, children per depth, e.g. 4,2,2,1.")
-@click.option("--tree-nodes", default=None, type=int, help="Dynamic tree: node budget [16].")
-@click.option("--tree-depth", default=None, type=int, help="Dynamic tree: depth [5].")
-@click.option("--tree-top-k", default=None, type=int, help="Dynamic tree: expansions per depth [4].")
+@click.option("--tree", default="8:4", show_default=True,
+              help="The tree, as everywhere: NODES:DEPTH[:TOP_K] (dynamic) or a static shape 4,2,2,1.")
 @serve_cmds.precision_options
 @click.option("--device", default="auto", show_default=True)
 @click.option("--kernels", "kernel_backend", default="auto", show_default=True,
@@ -132,6 +128,8 @@ def draft(**opts) -> None:
 @click.option("--drain-timeout", "grace_s", default=30.0, show_default=True, type=float,
               help="On SIGTERM: seconds to let in-flight requests finish.")
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option("--chat-template", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A Jinja chat template file [the tokenizer's].")
 @serve_cmds.served_model_name_option
 @serve_cmds.operator_log_options
 @serve_cmds.tracing_options
@@ -174,14 +172,44 @@ def gateway(**opts) -> None:
 @click.option("--tls-generate", is_flag=True,
               help="Mutual TLS between all three with a throwaway CA and certificates made at "
                    "start-up in a private temporary directory (printed; removed on exit).")
+@click.option("--max-num-seqs", default=256, show_default=True, type=int, help="Target: sequences held at once.")
+@click.option("--max-tree-nodes", default=64, show_default=True, type=int, help="Target: nodes per tree.")
+@click.option("--max-model-len", default=None, type=int, help="Target: cap the context [model's].")
+@click.option("--device", default="auto", show_default=True, help="Target and draft device.")
+@click.option("--kernels", "kernel_backend", default="auto", show_default=True,
+              type=click.Choice(["auto", "torch", "triton", "cpu"]))
+@click.option("--default-drafter", default="", help="The draft service's default drafter [the first --drafter].")
+@click.option("--max-batch", default=32, show_default=True, type=int, help="Gateway: sequences per step.")
+@click.option("--max-waiting", default=256, show_default=True, type=int, help="Gateway: queue before 429.")
+@click.option("--max-requests-per-second", default=0, show_default=True, type=int,
+              help="Gateway: admission rate limit (0 = none).")
+@click.option("--adaptive-speculation/--no-adaptive-speculation", default=True, show_default=True,
+              help="Gateway: skip the default speculation in steps where it would lose.")
+@click.option("--chat-template", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Gateway: a Jinja chat template file [the tokenizer's].")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--speculative-config", default=None, metavar="JSON",
+              help="vLLM's form, e.g. '{\"method\": \"ngram\", \"num_speculative_tokens\": 4}': "
+                   "that drafter as the default, with a chain of K as the default tree.")
 def up(**opts) -> None:
     """Start target, draft and gateway together and keep them running (a service that dies is
     restarted); Ctrl-C / SIGTERM drains and stops all three."""
-    from specgrove.cli.up_cmd import UpConfig, run_up
+    from specgrove.cli.up_cmd import UpConfig, default_drafters, run_up
 
     opts["api_keys"], opts["admin_keys"] = tuple(opts["api_keys"]), tuple(opts["admin_keys"])
     opts["allow_drafters"] = tuple(opts["allow_drafters"])
     opts["served_model_names"] = tuple(opts["served_model_names"])
+    opts["drafters"] = tuple(opts["drafters"])
+    vllm = opts.pop("speculative_config")
+    if vllm is not None:
+        from specgrove.cli.speculative_config import parse
+
+        try:
+            sc = parse(vllm, opts["target"])
+        except ValueError as exc:
+            _fail(exc)
+        opts["drafters"] = (sc.drafter, *(opts["drafters"] or default_drafters(opts["target"])))
+        opts["default_drafter"], opts["default_tree"] = sc.default_drafter, sc.default_tree
     run_up(UpConfig(**opts))
 
 

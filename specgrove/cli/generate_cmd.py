@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from specgrove.config import ModelRunConfig, tree_budget
+from specgrove.config import ModelRunConfig, parse_tree_option
 from specgrove.errors import InvalidRequest
 from specgrove.kv import KVCacheConfig
 from specgrove.types import SamplingParams, TreeBudget
@@ -14,7 +14,6 @@ from specgrove.types import SamplingParams, TreeBudget
 @dataclass(frozen=True)
 class GenerateOptions:
     target: str
-    draft_path: str | None
     drafter: str | None
     prompt: str
     chat: bool
@@ -23,10 +22,7 @@ class GenerateOptions:
     top_p: float
     top_k: int
     seed: int | None
-    tree: str | None
-    tree_nodes: int | None
-    tree_depth: int | None
-    tree_top_k: int | None
+    tree: str
     dtype: str
     quantization: str
     device: str
@@ -52,11 +48,9 @@ def run_generate(opts: GenerateOptions) -> dict:
     if opts.max_tokens < 1:
         raise InvalidRequest("max_tokens", f"must be >= 1, got {opts.max_tokens}")
     sampling = SamplingParams(opts.temperature, opts.top_p, opts.top_k, opts.seed)
-    kind = opts.drafter or ("model" if opts.draft_path else _default_kind(opts.target))
-    if kind == "model" and not opts.draft_path:
-        raise InvalidRequest("draft", "--drafter model needs --draft PATH")
-    budget = TreeBudget.off() if kind == "none" else tree_budget(
-        opts.tree, opts.tree_nodes, opts.tree_depth, opts.tree_top_k)
+    spec = opts.drafter.partition("=")[2] or opts.drafter if opts.drafter else _default_spec(opts.target)
+    kind = spec.partition(":")[0]
+    budget = TreeBudget.off() if kind == "none" else parse_tree_option(opts.tree)
     run = ModelRunConfig(str(resolve_model(opts.target)), opts.dtype, opts.device,
                          opts.kernel_backend, KVCacheConfig(opts.block_size, opts.kv_blocks),
                          quantization=opts.quantization)
@@ -66,9 +60,10 @@ def run_generate(opts: GenerateOptions) -> dict:
     if len(prompt_ids) >= engine.max_model_len:
         raise InvalidRequest(
             "prompt", f"{len(prompt_ids)} tokens do not fit the context of {engine.max_model_len}")
-    spec = {"ngram": "ngram", "none": "ngram", "model": f"model:{opts.draft_path}",
-            "eagle": f"eagle:{opts.draft_path or opts.target}"}[kind]
-    drafts = DraftEngine.of({kind: build_drafter(spec, DraftTarget(run.model), run)}, kind)
+    if kind == "eagle" and ":" not in spec:
+        spec = f"eagle:{opts.target}"  # the head shipped for the target
+    drafts = DraftEngine.of({kind: build_drafter("ngram" if kind == "none" else spec,
+                                                 DraftTarget(run.model), run)}, kind)
     target = LocalTarget(engine, opts.target, run.dtype_name)
     job = JobSpec(tuple(prompt_ids), opts.max_tokens, sampling, drafter=kind, budget=budget)
     start = time.perf_counter()
@@ -93,10 +88,10 @@ def run_generate(opts: GenerateOptions) -> dict:
     }
 
 
-def _default_kind(target: str) -> str:
+def _default_spec(target: str) -> str:
     from draft_service.factory import shipped_head
 
-    return "eagle" if shipped_head(target) is not None else "ngram"
+    return f"eagle:{target}" if shipped_head(target) is not None else "ngram"
 
 
 def _encode(codec, prompt: str, chat: bool) -> list[int]:

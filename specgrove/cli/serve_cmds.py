@@ -159,7 +159,7 @@ def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, t
                 api_keys: tuple[str, ...], admin_keys: tuple[str, ...], service_token: str, max_batch: int, max_waiting: int, default_tree: str,
                 max_requests_per_second: int, adaptive_speculation: bool, grace_s: float,
                 log_level: str, served_model_names: tuple[str, ...], disable_log_requests: bool,
-                log_stats_interval_s: float, **tracing) -> None:
+                log_stats_interval_s: float, chat_template: str | None, **tracing) -> None:
     tls = _tls(tracing)
     from gateway.orchestrator import SchedulerConfig
     from gateway.server import GatewayServer
@@ -175,5 +175,6 @@ def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, t
                         max_requests_per_second=max_requests_per_second, grace_s=grace_s,
                         telemetry=_telemetry(tracing), tls=tls,
                         served_model_names=tuple(served_model_names),
-                        log_requests=not disable_log_requests, log_stats_interval_s=log_stats_interval_s)
+                        log_requests=not disable_log_requests, log_stats_interval_s=log_stats_interval_s,
+                        chat_template=chat_template)
     asyncio.run(GatewayServer(cfg).serve_forever())

@@ -66,6 +66,19 @@ class UpConfig:
     tls_key: str | None = None
     tls_ca: str | None = None
     tls_generate: bool = False  # a throwaway CA and certificates for the three children
+    # Passed through to the service that owns them.
+    max_num_seqs: int = 256  # target
+    max_tree_nodes: int = 64  # target
+    max_model_len: int | None = None  # target
+    device: str = "auto"  # target and draft
+    kernel_backend: str = "auto"  # target and draft
+    default_drafter: str = ""  # draft --default
+    max_batch: int = 32  # gateway
+    max_waiting: int = 256  # gateway
+    max_requests_per_second: int = 0  # gateway
+    adaptive_speculation: bool = True  # gateway
+    chat_template: str | None = None  # gateway
+    log_level: str = "INFO"  # all three
 
 
 def _tracing(cfg: UpConfig, service: str) -> list[str]:
@@ -92,13 +105,17 @@ def _commands(cfg: UpConfig, tls: TlsConfig | None = None) -> dict[str, list[str
     cli = [sys.executable, "-m", "specgrove.cli"]
     tls_args = tls.cli_args() if tls is not None else []  # paths, not secrets: argv is fine
     drafters = [x for d in (cfg.drafters or default_drafters(cfg.target)) for x in ("--drafter", d)]
+    machine = ["--device", cfg.device, "--kernels", cfg.kernel_backend, "--log-level", cfg.log_level]
     return {
         "target": cli + ["target", "--target", cfg.target, "--port", str(cfg.target_port),
                          "--dtype", cfg.dtype, "--quantization", cfg.quantization,
-                         "--kv-blocks", str(cfg.kv_blocks), "--tp", str(cfg.tp),
+                         "--kv-blocks", str(cfg.kv_blocks), "--tp", str(cfg.tp), *machine,
+                         "--max-num-seqs", str(cfg.max_num_seqs), "--max-tree-nodes", str(cfg.max_tree_nodes),
+                         *(["--max-model-len", str(cfg.max_model_len)] if cfg.max_model_len else []),
                          *tls_args, *_tracing(cfg, "target")],
         "draft": cli + ["draft", "--target-vocab-from", cfg.target, "--port", str(cfg.draft_port),
-                        "--dtype", cfg.dtype, "--quantization", cfg.quantization, *drafters,
+                        "--dtype", cfg.dtype, "--quantization", cfg.quantization, *drafters, *machine,
+                        *(["--default", cfg.default_drafter] if cfg.default_drafter else []),
                         *[x for a in cfg.allow_drafters for x in ("--allow-drafter", a)],
                         *tls_args, *_tracing(cfg, "draft")],
         "gateway": cli + ["gateway", "--target", f"127.0.0.1:{cfg.target_port}",
@@ -108,6 +125,11 @@ def _commands(cfg: UpConfig, tls: TlsConfig | None = None) -> dict[str, list[str
                           *[x for n in cfg.served_model_names for x in ("--served-model-name", n)],
                           *(["--disable-log-requests"] if cfg.disable_log_requests else []),
                           "--log-stats-interval", str(cfg.log_stats_interval_s),
+                          "--max-batch", str(cfg.max_batch), "--max-waiting", str(cfg.max_waiting),
+                          "--max-requests-per-second", str(cfg.max_requests_per_second),
+                          "--log-level", cfg.log_level,
+                          *([] if cfg.adaptive_speculation else ["--no-adaptive-speculation"]),
+                          *(["--chat-template", os.path.abspath(cfg.chat_template)] if cfg.chat_template else []),
                           *tls_args, *_tracing(cfg, "gateway")],
     }
 
