@@ -24,13 +24,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
 from gateway import openai_responses
+from gateway.admin_api import add_admin_routes
 from gateway.api_schema import (ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, choice_spec,
                                 invalid, job_spec, prompts_of)
 from gateway.http_errors import error
 from gateway.job import Job
 from gateway.orchestrator import Overloaded
 from gateway.state import GatewayState
-from specgrove.auth import bearer
+from specgrove.auth import bearer, holds
 from specgrove.errors import InvalidRequest
 
 
@@ -98,6 +99,8 @@ def create_app(state: GatewayState) -> FastAPI:
             return error(400, str(exc), exc.field)
         return {"prompt": state.codec.decode(req.tokens)}
 
+    add_admin_routes(app, state, lambda request, model_cls: _parse(request, model_cls, state.cfg.max_body_bytes))
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         return await _generate(state, request, CompletionRequest)
@@ -119,17 +122,21 @@ class Guard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            refused = self._refusal(scope["path"], headers)
+            refused = self._refusal(scope["path"], scope.get("method", "GET"), headers)
             if refused is not None:
                 await refused(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, path: str, headers: dict[str, str]) -> JSONResponse | None:
+    def _refusal(self, path: str, method: str, headers: dict[str, str]) -> JSONResponse | None:
         if path.startswith("/v1/") or path in ("/tokenize", "/detokenize"):
-            why = self.state.auth.refusal(path, bearer(headers.get("authorization")))
+            # Loading and unloading drafters are admin calls, as their gRPC twins.
+            call = f"{method} /v1/drafters" if path.startswith("/v1/drafters") and method != "GET" else path
+            token = bearer(headers.get("authorization"))
+            why = self.state.auth.refusal(call, token)
             if why is not None:
-                return error(401, why, code="invalid_api_key")
+                known = holds(token, self.state.auth.keys)  # a valid key, short of admin rights
+                return error(403 if known else 401, why, code="permission_denied" if known else "invalid_api_key")
         size, limit = headers.get("content-length", ""), self.state.cfg.max_body_bytes
         if size.isdigit() and int(size) > limit:
             return error(400, f"request body of {size} bytes exceeds the limit of {limit}",

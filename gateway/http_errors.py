@@ -6,7 +6,8 @@ from fastapi.responses import JSONResponse
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     """OpenAI's error object, for responses and for the last event of a failed stream."""
-    kind = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+    kind = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            404: "invalid_request_error",
             405: "invalid_request_error", 429: "rate_limit_error", 499: "cancelled",
             503: "service_unavailable"}.get(status, "server_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}

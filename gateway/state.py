@@ -20,7 +20,8 @@ from specgrove.tls import TlsConfig
 from specgrove.types import TargetInfo, TreeBudget
 
 
-ADMIN_METHODS = ("/specgrove.v1.Gateway/LoadDrafter", "/specgrove.v1.Gateway/UnloadDrafter")
+ADMIN_METHODS = ("/specgrove.v1.Gateway/LoadDrafter", "/specgrove.v1.Gateway/UnloadDrafter",
+                 "POST /v1/drafters", "DELETE /v1/drafters")  # gRPC methods, REST calls
 
 
 @dataclass(frozen=True)

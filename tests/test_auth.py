@@ -115,3 +115,45 @@ def test_services_refuse_callers_without_the_token(stack):
 
     infos = asyncio.run(main())
     assert infos["target"].model == stack["model"]
+
+
+def test_rest_drafter_admin_needs_the_admin_key(stack):
+    base = stack["http"]
+
+    def call(method, path, key=None, **kw):
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return httpx.request(method, base + path, headers=headers, timeout=60, **kw)
+
+    body = {"name": "rest4", "spec": "ngram:4"}
+    assert call("GET", "/v1/drafters").status_code == 401
+    listed = call("GET", "/v1/drafters", KEY).json()["data"]
+    assert {d["name"] for d in listed} == {"lookup", "small"}
+    assert call("POST", "/v1/drafters", json=body).status_code == 401
+    denied = call("POST", "/v1/drafters", KEY, json=body)
+    assert denied.status_code == 403 and denied.json()["error"]["type"] == "permission_error"
+    loaded = call("POST", "/v1/drafters", ADMIN, json=body)
+    assert loaded.status_code == 200 and loaded.json()["kind"] == "ngram"
+    r = call("POST", "/v1/completions", KEY, json={"model": stack["model"], "prompt": "a b a b a b", "max_tokens": 6,
+                                                   "speculation": {"drafter": "rest4", "tree": "2,2"}})
+    assert r.status_code == 200 and r.json()["specgrove"]["drafter"] == "rest4"  # usable at once
+    assert call("DELETE", "/v1/drafters/rest4", KEY).status_code == 403
+    assert call("DELETE", "/v1/drafters/rest4", ADMIN).json()["deleted"] is True
+    assert call("DELETE", "/v1/drafters/lookup", ADMIN).status_code == 400  # the default cannot go
+    bad = call("POST", "/v1/drafters", ADMIN, json={"name": "x", "spec": "model:/etc"})
+    assert bad.status_code == 403 and "allow-list" in bad.json()["error"]["message"]
+
+
+def test_drafters_command(stack):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "specgrove.cli", "drafters", "--url", stack["http"],
+                               "--api-key", ADMIN, *args], capture_output=True, text=True, timeout=120)
+
+    assert run("load", "cli3", "ngram:3").returncode == 0
+    out = run("list")
+    assert out.returncode == 0 and "cli3\tngram:3" in out.stdout and "lookup (default)" in out.stdout
+    assert run("unload", "cli3").returncode == 0
+    gone = run("unload", "cli3")
+    assert gone.returncode != 0 and "no drafter named" in gone.stderr

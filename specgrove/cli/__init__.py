@@ -243,6 +243,47 @@ def distill(**opts) -> None:
         _fail(exc)
 
 
+@main.group()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The gateway's REST URL.")
+@click.option("--api-key", default=None, envvar="SPECGROVE_API_KEY", show_envvar=True,
+              help="The admin key (or an API key, enough for list).")
+@click.pass_context
+def drafters(ctx, url: str, api_key: str | None) -> None:
+    """List, load and unload the draft service's drafters through a running gateway."""
+    ctx.obj = (url, api_key)
+
+
+@drafters.command("list")
+@click.pass_obj
+def drafters_list(obj) -> None:
+    """The loaded drafters and their specs."""
+    from specgrove.cli.drafters_cmd import list_drafters
+
+    list_drafters(*obj)
+
+
+@drafters.command("load")
+@click.argument("name")
+@click.argument("spec")
+@click.option("--default", "make_default", is_flag=True, help="Make it the default drafter.")
+@click.pass_obj
+def drafters_load(obj, name: str, spec: str, make_default: bool) -> None:
+    """Load drafter NAME from SPEC (KIND[:SPEC], e.g. ngram:4 or model:/path)."""
+    from specgrove.cli.drafters_cmd import load_drafter
+
+    load_drafter(*obj, name, spec, make_default)
+
+
+@drafters.command("unload")
+@click.argument("name")
+@click.pass_obj
+def drafters_unload(obj, name: str) -> None:
+    """Unload drafter NAME (the default cannot go)."""
+    from specgrove.cli.drafters_cmd import unload_drafter
+
+    unload_drafter(*obj, name)
+
+
 @main.command("trace")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--request", "request_id", default=None,
