@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -241,6 +242,45 @@ def distill(**opts) -> None:
         run_distill_command(**opts)
     except Exception as exc:  # noqa: BLE001 -- one clear line, never a traceback
         _fail(exc)
+
+
+@main.command()
+@click.option("--url", default=None, help="REST URL of a running gateway, e.g. http://127.0.0.1:8000.")
+@click.option("--start", is_flag=True, help="Start `specgrove up` for the run (on free ports) and stop it after.")
+@click.option("--up-arg", "up_args", multiple=True, metavar="ARG",
+              help="An argument for the started `up` (repeatable), e.g. --up-arg=--drafter --up-arg=lookup=ngram.")
+@click.option("--prompts", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL rows with prompt (or messages), id, category [a shipped set of 24 prompts].")
+@click.option("--setting", "settings", multiple=True, metavar="NAME=JSON|NAME=default|DRAFTER",
+              help='A speculation setting (repeatable): off=\'{"drafter": "none"}\', '
+                   'eagle84=\'{"drafter": "eagle", "tree": "8:4"}\', default=default, or a drafter name '
+                   "[off and default].")
+@click.option("--baseline", default=None, help="The setting speedups are relative to [the first].")
+@click.option("--concurrency", default="1", show_default=True,
+              help="Concurrent clients, comma-separated, e.g. 1,4,8.")
+@click.option("--repeats", default=3, show_default=True, type=int)
+@click.option("--max-tokens", default=128, show_default=True, type=int)
+@click.option("--temperature", default=0.0, show_default=True, type=float)
+@click.option("--seed", default=None, type=int, help="Seed every request (sampled runs replay exactly).")
+@click.option("--api-key", default=None, envvar="SPECGROVE_API_KEY", show_envvar=True)
+@click.option("--limit", default=None, type=int, help="Use only the first N prompts.")
+@click.option("--out", default="bench-results", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for results.json, report.md and the plots.")
+def bench(**opts) -> None:
+    """Run one workload against several speculation settings through a real gateway."""
+    from specgrove.cli.bench_cmd import BenchOptions, run_bench
+
+    try:
+        opts["concurrency"] = tuple(int(c) for c in str(opts["concurrency"]).split(",") if c.strip())
+    except ValueError:
+        raise click.UsageError("--concurrency: comma-separated integers, e.g. 1,4,8") from None
+    opts["settings"], opts["up_args"] = tuple(opts["settings"]), tuple(opts["up_args"])
+    try:
+        summary = run_bench(BenchOptions(**opts))
+    except ValueError as exc:
+        _fail(exc)
+    click.echo((Path(opts["out"]) / "report.md").read_text())
+    click.echo(f"wrote {opts['out']}/results.json, report.md, {', '.join(summary['plots'])}", err=True)
 
 
 @main.group()
