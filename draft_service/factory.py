@@ -1,4 +1,5 @@
 """Build drafters from ``KIND[:SPEC]`` strings: ``ngram``, ``ngram:4`` (max n-gram),
+``suffix``, ``suffix:budget=0,min_prob=0.2`` (SuffixDecoding; ``drafters/suffix/options.py``),
 ``model:PATH`` (a causal LM with the target's vocabulary), ``eagle:PATH|NAME`` (a trained EAGLE
 head: a directory, or the name of a head shipped in ``draft_service/heads/``)."""
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 from specgrove.config import ModelRunConfig
 from specgrove.errors import InvalidRequest
 
-DRAFTER_KINDS = ("ngram", "model", "eagle")
+DRAFTER_KINDS = ("ngram", "suffix", "model", "eagle")
 HEADS_DIR = Path(__file__).resolve().parent / "heads"
 
 
@@ -69,6 +70,10 @@ def build_drafter(spec: str, target: DraftTarget, run: ModelRunConfig):
         from draft_service.drafters.ngram import NgramDrafter
 
         return NgramDrafter(max_ngram=int(arg)) if arg else NgramDrafter()
+    if kind == "suffix":
+        from draft_service.drafters.suffix import SuffixDrafter, SuffixOptions
+
+        return SuffixDrafter(SuffixOptions.parse(arg))
     if kind == "model":
         return _model_drafter(arg, target, run)
     if kind == "eagle":
