@@ -77,6 +77,18 @@ class LocalDraft:
     async def list_drafters(self) -> list[DrafterInfo]:
         return self.engine.registry.list()
 
+    async def clear_drafter(self, name: str) -> DrafterInfo:
+        """Forget what drafter ``name`` learned across requests (on the engine thread, between
+        steps); sequences in flight keep their own state."""
+        registry = self.engine.registry
+        entry = next((e for e in registry.entries() if e.name == name), None)
+        if entry is None:
+            raise InvalidRequest("name", f"no drafter named {name!r} is loaded")
+        if not hasattr(entry.drafter, "clear"):
+            raise InvalidRequest("name", f"drafter {name!r} ({entry.drafter.kind}) keeps nothing across requests")
+        await self.thread.run(entry.drafter.clear)
+        return registry.info(name)
+
     async def close(self) -> None:
         self.thread.shutdown()
         self.loader.shutdown()

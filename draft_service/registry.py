@@ -82,7 +82,9 @@ class DrafterRegistry:
     def info(self, name: str) -> DrafterInfo:
         e = self._entries[name]
         layers = tuple(getattr(e.drafter, "feature_layers", ()))
-        return DrafterInfo(e.name, e.drafter.kind, e.spec, e.name == self.default, layers)
+        stats = getattr(e.drafter, "stats", None)  # drafters that learn across requests
+        return DrafterInfo(e.name, e.drafter.kind, e.spec, e.name == self.default, layers,
+                           dict(stats()) if stats is not None else {})
 
     def list(self) -> list[DrafterInfo]:
         return [self.info(name) for name in sorted(self._entries)]

@@ -70,3 +70,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
     async def ListDrafters(self, request, context):
         infos = await self._draft().list_drafters()
         return draft_pb2.ListDraftersResponse(drafters=[i.to_pb() for i in infos])
+
+    @rpc
+    async def ClearDrafter(self, request: draft_pb2.ClearDrafterRequest, context):
+        return (await self._draft().clear_drafter(request.name)).to_pb()

@@ -1,6 +1,6 @@
 """REST drafter admin: ``GET /v1/drafters``, ``POST /v1/drafters`` (``{"name", "spec",
-"make_default"}``) and ``DELETE /v1/drafters/{name}``, the REST side of the gRPC
-``ListDrafters`` / ``LoadDrafter`` / ``UnloadDrafter``.
+"make_default"}``), ``POST /v1/drafters/{name}/clear`` and ``DELETE /v1/drafters/{name}``, the
+REST side of the gRPC ``ListDrafters`` / ``LoadDrafter`` / ``ClearDrafter`` / ``UnloadDrafter``.
 
 They go to the draft service through the ``DraftPort`` and the gateway re-reads the drafter
 list after every change, so a drafter loaded here, over gRPC or on the draft service directly
@@ -31,7 +31,7 @@ class LoadDrafterBody(BaseModel):
 
 def drafter_json(d: DrafterInfo) -> dict:
     return {"object": "drafter", "name": d.name, "kind": d.kind, "spec": d.spec,
-            "is_default": d.is_default, "feature_layers": list(d.feature_layers)}
+            "is_default": d.is_default, "feature_layers": list(d.feature_layers), "stats": dict(d.stats)}
 
 
 def add_admin_routes(app: FastAPI, state: GatewayState, parse) -> None:
@@ -58,6 +58,12 @@ def add_admin_routes(app: FastAPI, state: GatewayState, parse) -> None:
         except InvalidRequest as exc:
             return error(400, str(exc), exc.field)
         info, failed = await call(state.draft.load_drafter(body.name, body.spec, body.make_default))
+        await state.refresh_drafters()
+        return failed if failed is not None else drafter_json(info)
+
+    @app.post("/v1/drafters/{name}/clear")
+    async def clear_drafter(name: str):
+        info, failed = await call(state.draft.clear_drafter(name))
         await state.refresh_drafters()
         return failed if failed is not None else drafter_json(info)
 

@@ -153,6 +153,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         await self.state.refresh_drafters()
         return draft_pb2.UnloadDrafterResponse()
 
+    async def ClearDrafter(self, request, context):
+        info = await self._admin(context, self.state.draft.clear_drafter(request.name))
+        await self.state.refresh_drafters()
+        return info.to_pb()
+
     async def _admin(self, context, call):
         """A drafter admin call through the draft port; its error becomes this call's status."""
         try:

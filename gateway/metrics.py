@@ -67,8 +67,19 @@ class GatewayMetrics:
         self.generation_tokens = Counter(PREFIX + "generation_tokens", "Generated tokens.", registry=r)
         self.running = Gauge(PREFIX + "num_requests_running", "Requests in the running batch.", registry=r)
         self.waiting = Gauge(PREFIX + "num_requests_waiting", "Requests waiting for admission.", registry=r)
+        self.drafter_store = Gauge(PREFIX + "drafter_store", "What a drafter holds across requests "
+                                   "(suffix: tokens, nodes, bytes ...), refreshed every few seconds.",
+                                   ["drafter", "quantity"], registry=r)
         self.kv_usage = Gauge(PREFIX + "kv_cache_usage_perc",
                               "Fraction of the target's KV cache blocks in use (0-1).", registry=r)
+
+    def drafter_stats(self, infos) -> None:
+        """What each drafter holds (``DrafterInfo.stats``, e.g. the suffix drafter's global
+        structure), as of the gateway's last look at the draft service."""
+        self.drafter_store.clear()
+        for info in infos:
+            for quantity, value in info.stats.items():
+                self.drafter_store.labels(info.name, quantity).set(value)
 
     def bind_gauges(self, running: Callable[[], int], waiting: Callable[[], int],
                     kv_usage: Callable[[], float]) -> None:

@@ -112,12 +112,16 @@ class GatewayServer:
         soon after the target dies and 200 soon after it serves again, with no request needed;
         the draft's state is reported, never failed on (speculation is optional)."""
         state = self.state
+        polls = 0
         while True:
             try:
                 target_ok, draft_ok = await asyncio.gather(state.target.serving(), state.draft.serving())
                 state.orchestrator.target_ok = target_ok
-                if draft_ok and not state.draft_ok:
-                    await state.refresh_drafters()  # a restarted draft service: learn its drafters
+                polls += 1
+                if draft_ok and (not state.draft_ok or polls % 20 == 0):
+                    # A restarted draft service: learn its drafters; else now and then, which
+                    # also refreshes what they hold (the drafter_store gauge).
+                    await state.refresh_drafters()
                 state.draft_ok = draft_ok
             except Exception:  # noqa: BLE001 -- the watch must outlive any one failed probe
                 log.exception("health probe failed")

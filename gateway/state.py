@@ -21,6 +21,7 @@ from specgrove.types import TargetInfo, TreeBudget
 
 
 ADMIN_METHODS = ("/specgrove.v1.Gateway/LoadDrafter", "/specgrove.v1.Gateway/UnloadDrafter",
+                 "/specgrove.v1.Gateway/ClearDrafter",
                  "POST /v1/drafters", "DELETE /v1/drafters")  # gRPC methods, REST calls
 
 
@@ -90,6 +91,7 @@ class GatewayState:
             return  # keep the last known list while the draft service is away
         self.drafters = {d.name for d in infos}
         self.default_drafter = next((d.name for d in infos if d.is_default), "")
+        self.metrics.drafter_stats(infos)
         self.orchestrator.proposer.use_drafters(infos)
 
     async def know_drafter(self, name: str | None) -> None:

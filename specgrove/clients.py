@@ -189,3 +189,6 @@ class DraftClient(_Client):
     async def list_drafters(self) -> list[DrafterInfo]:
         msg = await self._call(self.stub.ListDrafters, draft_pb2.ListDraftersRequest())
         return [DrafterInfo.from_pb(d) for d in msg.drafters]
+
+    async def clear_drafter(self, name: str) -> DrafterInfo:
+        return DrafterInfo.from_pb(await self._call(self.stub.ClearDrafter, draft_pb2.ClearDrafterRequest(name=name)))

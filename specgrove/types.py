@@ -442,10 +442,12 @@ class DrafterInfo:
     spec: str
     is_default: bool
     feature_layers: tuple[int, ...] = ()  # target layers it needs features from (EAGLE heads)
+    stats: dict[str, int] = field(default_factory=dict, compare=False)  # what it holds (suffix: tokens ...)
 
     @staticmethod
     def from_pb(msg: draft_pb2.DrafterInfo) -> "DrafterInfo":
-        return DrafterInfo(msg.name, msg.kind, msg.spec, msg.is_default, tuple(msg.feature_layers))
+        return DrafterInfo(msg.name, msg.kind, msg.spec, msg.is_default, tuple(msg.feature_layers),
+                           dict(msg.stats))
 
     def to_pb(self) -> draft_pb2.DrafterInfo:
         return draft_pb2.DrafterInfo(**self.__dict__)

@@ -55,12 +55,17 @@ def request(prompt: Sequence[int], max_tokens: int, sampling: SamplingParams = S
 
 def generate(target: TargetEngine, drafts: DraftEngine, specs: Sequence[JobSpec],
              cfg: SchedulerConfig = OFFLINE, codec=None) -> list[Completion]:
-    """Run ``specs`` through the orchestrator over in-process ports of these engines."""
+    """Run ``specs`` through the orchestrator over in-process ports of these engines. A request
+    that fails raises: comparing failed outputs with each other would pass for a broken engine."""
     limits = TargetLimits(max_num_seqs=1 << 20, max_tree_nodes=256)
     local_target = LocalTarget(target, "test-model", "float64", limits)
     local_draft = LocalDraft(drafts, target.vocab_size)
     try:
-        return run_orchestrator(local_target, local_draft, specs, codec, cfg)
+        outs = run_orchestrator(local_target, local_draft, specs, codec, cfg)
+        failed = [o.error for o in outs if o.error is not None]
+        if failed:
+            raise AssertionError(f"{len(failed)} of {len(outs)} requests failed, e.g. {failed[0]}")
+        return outs
     finally:
         local_target.thread.shutdown()
         local_draft.thread.shutdown()

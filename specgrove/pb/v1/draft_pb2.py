@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from specgrove.pb.v1 import common_pb2 as specgrove_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18specgrove/v1/draft.proto\x12\x0cspecgrove.v1\x1a\x19specgrove/v1/common.proto\"O\n\tDraftInfo\x12\x12\n\nvocab_size\x18\x01 \x01(\x05\x12\x17\n\x0f\x64\x65\x66\x61ult_drafter\x18\x02 \x01(\t\x12\x15\n\rnum_sequences\x18\x03 \x01(\x05\"\x8b\x01\n\x0c\x44raftPrefill\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.specgrove.v1.SamplingParams\x12(\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32\x16.specgrove.v1.Features\"B\n\x11\x44raftPrefillBatch\x12-\n\tsequences\x18\x01 \x03(\x0b\x32\x1a.specgrove.v1.DraftPrefill\"\x16\n\x14\x44raftPrefillResponse\"\xbb\x01\n\x0eProposeRequest\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x12\n\nnew_tokens\x18\x02 \x03(\x05\x12(\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x18.specgrove.v1.TreeBudget\x12\x0f\n\x07\x64rafter\x18\x04 \x01(\t\x12\x14\n\x07\x63oupled\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12(\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x16.specgrove.v1.FeaturesB\n\n\x08_coupled\">\n\x0cProposeBatch\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.specgrove.v1.ProposeRequest\"W\n\rProposeResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12%\n\x04tree\x18\x02 \x01(\x0b\x32\x17.specgrove.v1.TokenTree\x12\x0f\n\x07\x64rafter\x18\x03 \x01(\t\"B\n\x12ProposeBatchResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.specgrove.v1.ProposeResult\"F\n\x12LoadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04spec\x18\x02 \x01(\t\x12\x14\n\x0cmake_default\x18\x03 \x01(\x08\"c\n\x0b\x44rafterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04spec\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x16\n\x0e\x66\x65\x61ture_layers\x18\x05 \x03(\x05\"$\n\x14UnloadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15UnloadDrafterResponse\"\x15\n\x13ListDraftersRequest\"C\n\x14ListDraftersResponse\x12+\n\x08\x64rafters\x18\x01 \x03(\x0b\x32\x19.specgrove.v1.DrafterInfo2\xa8\x04\n\x0c\x44raftService\x12:\n\x04Info\x12\x19.specgrove.v1.InfoRequest\x1a\x17.specgrove.v1.DraftInfo\x12N\n\x07Prefill\x12\x1f.specgrove.v1.DraftPrefillBatch\x1a\".specgrove.v1.DraftPrefillResponse\x12G\n\x07Propose\x12\x1a.specgrove.v1.ProposeBatch\x1a .specgrove.v1.ProposeBatchResult\x12\x46\n\x07Release\x12\x1c.specgrove.v1.ReleaseRequest\x1a\x1d.specgrove.v1.ReleaseResponse\x12J\n\x0bLoadDrafter\x12 .specgrove.v1.LoadDrafterRequest\x1a\x19.specgrove.v1.DrafterInfo\x12X\n\rUnloadDrafter\x12\".specgrove.v1.UnloadDrafterRequest\x1a#.specgrove.v1.UnloadDrafterResponse\x12U\n\x0cListDrafters\x12!.specgrove.v1.ListDraftersRequest\x1a\".specgrove.v1.ListDraftersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18specgrove/v1/draft.proto\x12\x0cspecgrove.v1\x1a\x19specgrove/v1/common.proto\"O\n\tDraftInfo\x12\x12\n\nvocab_size\x18\x01 \x01(\x05\x12\x17\n\x0f\x64\x65\x66\x61ult_drafter\x18\x02 \x01(\t\x12\x15\n\rnum_sequences\x18\x03 \x01(\x05\"\x8b\x01\n\x0c\x44raftPrefill\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.specgrove.v1.SamplingParams\x12(\n\x08\x66\x65\x61tures\x18\x04 \x01(\x0b\x32\x16.specgrove.v1.Features\"B\n\x11\x44raftPrefillBatch\x12-\n\tsequences\x18\x01 \x03(\x0b\x32\x1a.specgrove.v1.DraftPrefill\"\x16\n\x14\x44raftPrefillResponse\"\xbb\x01\n\x0eProposeRequest\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12\x12\n\nnew_tokens\x18\x02 \x03(\x05\x12(\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x18.specgrove.v1.TreeBudget\x12\x0f\n\x07\x64rafter\x18\x04 \x01(\t\x12\x14\n\x07\x63oupled\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12(\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x16.specgrove.v1.FeaturesB\n\n\x08_coupled\">\n\x0cProposeBatch\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.specgrove.v1.ProposeRequest\"W\n\rProposeResult\x12\x0e\n\x06seq_id\x18\x01 \x01(\x04\x12%\n\x04tree\x18\x02 \x01(\x0b\x32\x17.specgrove.v1.TokenTree\x12\x0f\n\x07\x64rafter\x18\x03 \x01(\t\"B\n\x12ProposeBatchResult\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.specgrove.v1.ProposeResult\"F\n\x12LoadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04spec\x18\x02 \x01(\t\x12\x14\n\x0cmake_default\x18\x03 \x01(\x08\"\xc6\x01\n\x0b\x44rafterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04spec\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x16\n\x0e\x66\x65\x61ture_layers\x18\x05 \x03(\x05\x12\x33\n\x05stats\x18\x06 \x03(\x0b\x32$.specgrove.v1.DrafterInfo.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"#\n\x13\x43learDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x14UnloadDrafterRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15UnloadDrafterResponse\"\x15\n\x13ListDraftersRequest\"C\n\x14ListDraftersResponse\x12+\n\x08\x64rafters\x18\x01 \x03(\x0b\x32\x19.specgrove.v1.DrafterInfo2\xf6\x04\n\x0c\x44raftService\x12:\n\x04Info\x12\x19.specgrove.v1.InfoRequest\x1a\x17.specgrove.v1.DraftInfo\x12N\n\x07Prefill\x12\x1f.specgrove.v1.DraftPrefillBatch\x1a\".specgrove.v1.DraftPrefillResponse\x12G\n\x07Propose\x12\x1a.specgrove.v1.ProposeBatch\x1a .specgrove.v1.ProposeBatchResult\x12\x46\n\x07Release\x12\x1c.specgrove.v1.ReleaseRequest\x1a\x1d.specgrove.v1.ReleaseResponse\x12J\n\x0bLoadDrafter\x12 .specgrove.v1.LoadDrafterRequest\x1a\x19.specgrove.v1.DrafterInfo\x12X\n\rUnloadDrafter\x12\".specgrove.v1.UnloadDrafterRequest\x1a#.specgrove.v1.UnloadDrafterResponse\x12U\n\x0cListDrafters\x12!.specgrove.v1.ListDraftersRequest\x1a\".specgrove.v1.ListDraftersResponse\x12L\n\x0c\x43learDrafter\x12!.specgrove.v1.ClearDrafterRequest\x1a\x19.specgrove.v1.DrafterInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'specgrove.v1.draft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_DRAFTERINFO_STATSENTRY']._loaded_options = None
+  _globals['_DRAFTERINFO_STATSENTRY']._serialized_options = b'8\001'
   _globals['_DRAFTINFO']._serialized_start=69
   _globals['_DRAFTINFO']._serialized_end=148
   _globals['_DRAFTPREFILL']._serialized_start=151
@@ -50,16 +52,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROPOSEBATCHRESULT']._serialized_end=793
   _globals['_LOADDRAFTERREQUEST']._serialized_start=795
   _globals['_LOADDRAFTERREQUEST']._serialized_end=865
-  _globals['_DRAFTERINFO']._serialized_start=867
-  _globals['_DRAFTERINFO']._serialized_end=966
-  _globals['_UNLOADDRAFTERREQUEST']._serialized_start=968
-  _globals['_UNLOADDRAFTERREQUEST']._serialized_end=1004
-  _globals['_UNLOADDRAFTERRESPONSE']._serialized_start=1006
-  _globals['_UNLOADDRAFTERRESPONSE']._serialized_end=1029
-  _globals['_LISTDRAFTERSREQUEST']._serialized_start=1031
-  _globals['_LISTDRAFTERSREQUEST']._serialized_end=1052
-  _globals['_LISTDRAFTERSRESPONSE']._serialized_start=1054
-  _globals['_LISTDRAFTERSRESPONSE']._serialized_end=1121
-  _globals['_DRAFTSERVICE']._serialized_start=1124
-  _globals['_DRAFTSERVICE']._serialized_end=1676
+  _globals['_DRAFTERINFO']._serialized_start=868
+  _globals['_DRAFTERINFO']._serialized_end=1066
+  _globals['_DRAFTERINFO_STATSENTRY']._serialized_start=1022
+  _globals['_DRAFTERINFO_STATSENTRY']._serialized_end=1066
+  _globals['_CLEARDRAFTERREQUEST']._serialized_start=1068
+  _globals['_CLEARDRAFTERREQUEST']._serialized_end=1103
+  _globals['_UNLOADDRAFTERREQUEST']._serialized_start=1105
+  _globals['_UNLOADDRAFTERREQUEST']._serialized_end=1141
+  _globals['_UNLOADDRAFTERRESPONSE']._serialized_start=1143
+  _globals['_UNLOADDRAFTERRESPONSE']._serialized_end=1166
+  _globals['_LISTDRAFTERSREQUEST']._serialized_start=1168
+  _globals['_LISTDRAFTERSREQUEST']._serialized_end=1189
+  _globals['_LISTDRAFTERSRESPONSE']._serialized_start=1191
+  _globals['_LISTDRAFTERSRESPONSE']._serialized_end=1258
+  _globals['_DRAFTSERVICE']._serialized_start=1261
+  _globals['_DRAFTSERVICE']._serialized_end=1891
 # @@protoc_insertion_point(module_scope)

@@ -88,18 +88,33 @@ class LoadDrafterRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., spec: _Optional[str] = ..., make_default: _Optional[bool] = ...) -> None: ...
 
 class DrafterInfo(_message.Message):
-    __slots__ = ("name", "kind", "spec", "is_default", "feature_layers")
+    __slots__ = ("name", "kind", "spec", "is_default", "feature_layers", "stats")
+    class StatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     FEATURE_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     spec: str
     is_default: bool
     feature_layers: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spec: _Optional[str] = ..., is_default: _Optional[bool] = ..., feature_layers: _Optional[_Iterable[int]] = ...) -> None: ...
+    stats: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., spec: _Optional[str] = ..., is_default: _Optional[bool] = ..., feature_layers: _Optional[_Iterable[int]] = ..., stats: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class ClearDrafterRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class UnloadDrafterRequest(_message.Message):
     __slots__ = ("name",)

@@ -70,6 +70,11 @@ class DraftServiceStub:
                 request_serializer=specgrove_dot_v1_dot_draft__pb2.ListDraftersRequest.SerializeToString,
                 response_deserializer=specgrove_dot_v1_dot_draft__pb2.ListDraftersResponse.FromString,
                 _registered_method=True)
+        self.ClearDrafter = channel.unary_unary(
+                '/specgrove.v1.DraftService/ClearDrafter',
+                request_serializer=specgrove_dot_v1_dot_draft__pb2.ClearDrafterRequest.SerializeToString,
+                response_deserializer=specgrove_dot_v1_dot_draft__pb2.DrafterInfo.FromString,
+                _registered_method=True)
 
 
 class DraftServiceServicer:
@@ -120,6 +125,13 @@ class DraftServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClearDrafter(self, request, context):
+        """Forget what a drafter learned across requests (the suffix drafter's global structure).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DraftServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +169,11 @@ def add_DraftServiceServicer_to_server(servicer, server):
                     servicer.ListDrafters,
                     request_deserializer=specgrove_dot_v1_dot_draft__pb2.ListDraftersRequest.FromString,
                     response_serializer=specgrove_dot_v1_dot_draft__pb2.ListDraftersResponse.SerializeToString,
+            ),
+            'ClearDrafter': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearDrafter,
+                    request_deserializer=specgrove_dot_v1_dot_draft__pb2.ClearDrafterRequest.FromString,
+                    response_serializer=specgrove_dot_v1_dot_draft__pb2.DrafterInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +365,33 @@ class DraftService:
             '/specgrove.v1.DraftService/ListDrafters',
             specgrove_dot_v1_dot_draft__pb2.ListDraftersRequest.SerializeToString,
             specgrove_dot_v1_dot_draft__pb2.ListDraftersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearDrafter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specgrove.v1.DraftService/ClearDrafter',
+            specgrove_dot_v1_dot_draft__pb2.ClearDrafterRequest.SerializeToString,
+            specgrove_dot_v1_dot_draft__pb2.DrafterInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,11 @@ class GatewayStub:
                 request_serializer=specgrove_dot_v1_dot_draft__pb2.UnloadDrafterRequest.SerializeToString,
                 response_deserializer=specgrove_dot_v1_dot_draft__pb2.UnloadDrafterResponse.FromString,
                 _registered_method=True)
+        self.ClearDrafter = channel.unary_unary(
+                '/specgrove.v1.Gateway/ClearDrafter',
+                request_serializer=specgrove_dot_v1_dot_draft__pb2.ClearDrafterRequest.SerializeToString,
+                response_deserializer=specgrove_dot_v1_dot_draft__pb2.DrafterInfo.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -99,6 +104,12 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClearDrafter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +137,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.UnloadDrafter,
                     request_deserializer=specgrove_dot_v1_dot_draft__pb2.UnloadDrafterRequest.FromString,
                     response_serializer=specgrove_dot_v1_dot_draft__pb2.UnloadDrafterResponse.SerializeToString,
+            ),
+            'ClearDrafter': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearDrafter,
+                    request_deserializer=specgrove_dot_v1_dot_draft__pb2.ClearDrafterRequest.FromString,
+                    response_serializer=specgrove_dot_v1_dot_draft__pb2.DrafterInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +279,33 @@ class Gateway:
             '/specgrove.v1.Gateway/UnloadDrafter',
             specgrove_dot_v1_dot_draft__pb2.UnloadDrafterRequest.SerializeToString,
             specgrove_dot_v1_dot_draft__pb2.UnloadDrafterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearDrafter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specgrove.v1.Gateway/ClearDrafter',
+            specgrove_dot_v1_dot_draft__pb2.ClearDrafterRequest.SerializeToString,
+            specgrove_dot_v1_dot_draft__pb2.DrafterInfo.FromString,
             options,
             channel_credentials,
             insecure,
