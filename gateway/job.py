@@ -115,20 +115,23 @@ class Job:
         """The client went away; the step loop releases the sequence at the next step."""
         self.cancelled = True
 
+    def tokens_taken(self, tokens: tuple[int, ...]) -> int:
+        """How many of a step's tokens the job keeps: up to a stop token or max_tokens."""
+        for i, tok in enumerate(tokens):
+            if tok in self.stop_ids or len(self.tokens) + i + 1 >= self.spec.max_tokens:
+                return i + 1
+        return len(tokens)
+
     def add_tokens(self, tokens: tuple[int, ...], accepted: int,
                    logprobs: tuple[TokenLogprob, ...] = ()) -> bool:
         """Append a step's tokens (with their log-probabilities when asked for), stream their
         text; False once the job has finished."""
-        take: list[int] = []
+        take = list(tokens[:self.tokens_taken(tokens)])
         reason = ""
-        for tok in tokens:
-            take.append(tok)
-            if tok in self.stop_ids:
-                reason = "stop"
-                break
-            if len(self.tokens) + len(take) >= self.spec.max_tokens:
-                reason = "length"
-                break
+        if take and take[-1] in self.stop_ids:
+            reason = "stop"
+        elif len(self.tokens) + len(take) >= self.spec.max_tokens:
+            reason = "length"
         self.tokens.extend(take)
         if take:
             self._timestamp(len(take))

@@ -162,7 +162,10 @@ class Orchestrator:
                            results: list[VerifyResult]) -> None:
         finished = []
         for job, draft, res in zip(jobs, drafts, results):
-            job.stats.record(len(draft.tree) - 1, len(res.accepted_tokens), len(jobs), draft.drafter)
+            # The request's own stats count what it emits: a stop inside the accepted path cuts
+            # the step short (the gateway's counters keep the target's whole acceptance).
+            kept = min(len(res.accepted_tokens), job.tokens_taken(res.new_tokens))
+            job.stats.record(len(draft.tree) - 1, kept, len(jobs), draft.drafter)
             self.obs.step_item(span, job, draft.tree, draft.label, res)  # before the job may end
             job.new_tokens += res.new_tokens
             job.add_features(res.features)
