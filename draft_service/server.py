@@ -40,17 +40,6 @@ class DraftServerConfig:
     tls: TlsConfig | None = None  # serve TLS, mutual with a CA (``specgrove.tls``); None = plaintext
 
 
-def parse_drafter_option(text: str) -> tuple[str, str]:
-    """``NAME=KIND[:SPEC]`` -> (name, spec); ``KIND[:SPEC]`` alone is named after its kind
-    (``--drafter ngram`` is ``ngram=ngram``)."""
-    name, sep, spec = text.partition("=")
-    if not sep:
-        name, spec = text.partition(":")[0], text
-    if not name or not spec:
-        raise InvalidRequest("drafter", f"expected [NAME=]KIND[:SPEC], got {text!r}")
-    return name, spec
-
-
 class DraftServer(ServiceServer):
     service_name = SERVICE_NAME
     telemetry_name = "specgrove-draft"

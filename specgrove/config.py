@@ -72,3 +72,16 @@ def parse_tree_option(text: str) -> TreeBudget:
     if len(parts) not in (2, 3):
         raise InvalidRequest("tree", f"expected NODES:DEPTH[:TOP_K] or a shape like 4,2,2,1; got {text!r}")
     return TreeBudget(max_nodes=parts[0], max_depth=parts[1], top_k=parts[2] if len(parts) == 3 else 4)
+
+
+def parse_drafter_option(text: str) -> tuple[str, str]:
+    """The one drafter syntax of every entry point: ``NAME=KIND[:SPEC]`` -> (name, spec).
+    ``KIND[:SPEC]`` alone is named after its kind (``--drafter ngram`` is ``ngram=ngram``). A
+    name holds no ``:``, so ``suffix:budget=0`` is a spec (its options use ``=``), not a name."""
+    name, sep, spec = text.partition("=")
+    if not sep or ":" in name:
+        name, spec = text.partition(":")[0], text
+    if not name or not spec:
+        raise InvalidRequest("drafter", f"expected [NAME=]KIND[:SPEC], got {text!r}")
+    return name, spec
+

@@ -91,3 +91,15 @@ def test_console_script_runs(tiny_dirs):
          "5", "--json"], capture_output=True, text=True, timeout=300, check=True,
     )
     assert len(json.loads(out.stdout)["token_ids"]) == 5
+
+
+def test_one_drafter_syntax():
+    from specgrove.config import parse_drafter_option
+
+    assert parse_drafter_option("ngram") == ("ngram", "ngram")
+    assert parse_drafter_option("lookup=ngram:4") == ("lookup", "ngram:4")
+    # options with "=" are part of the spec, not a name
+    assert parse_drafter_option("suffix:factor=2,prompts=1") == ("suffix", "suffix:factor=2,prompts=1")
+    assert parse_drafter_option("sfx=suffix:budget=0") == ("sfx", "suffix:budget=0")
+    with pytest.raises(ValueError):
+        parse_drafter_option("=ngram")

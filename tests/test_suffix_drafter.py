@@ -34,21 +34,23 @@ def _paths(tree: TokenTree) -> set[tuple[int, ...]]:
 
 
 def test_drafts_what_followed_the_match_and_as_far_as_the_match_is_long():
-    # "5 6 7" occurred before, followed by 8 9 10 11 12: a 3-token match speculates 3 tokens.
+    # "5 6 7" occurred before, followed by 8 9 10 11 12: at factor 1 a 3-token match
+    # speculates 3 tokens ...
     history = [5, 6, 7, 8, 9, 10, 11, 12, 40, 41, 5, 6, 7]
-    assert _paths(_draft(SuffixDrafter(), history)) == {(8, 9, 10)}
-    # factor scales the speculation length with the match length ...
+    assert _paths(_draft(SuffixDrafter(SuffixOptions(factor=1.0)), history)) == {(8, 9, 10)}
+    # ... factor scales the speculation length with the match length (the default is 2) ...
     assert _paths(_draft(SuffixDrafter(SuffixOptions(factor=1.5)), history)) == {(8, 9, 10, 11)}
-    # ... and a one-token match risks one token.
-    assert _paths(_draft(SuffixDrafter(), [3, 4, 50, 51, 3])) == {(4,)}
+    assert _paths(_draft(SuffixDrafter(), history)) == {(8, 9, 10, 11, 12, 40)}
+    # ... and a one-token match risks factor tokens.
+    assert _paths(_draft(SuffixDrafter(SuffixOptions(factor=1.0)), [3, 4, 50, 51, 3])) == {(4,)}
 
 
 def test_continuations_are_weighted_by_frequency_best_first():
     # After "1 2" (always a 2-token match): 3 three times, 4 once. P(3) = 3/4, P(4) = 1/4.
     history = [50, 1, 2, 3, 51, 1, 2, 3, 52, 1, 2, 4, 53, 1, 2, 3, 54, 1, 2]
-    tree = _draft(SuffixDrafter(SuffixOptions(min_prob=0.2)), history)
+    tree = _draft(SuffixDrafter(SuffixOptions(min_prob=0.2, factor=1.0)), history)
     assert [tree.token_ids[c] for c in tree.children[0]] == [3, 4]  # more frequent first
-    assert len(tree) == 3  # a 2-token match speculates 2 tokens
+    assert len(tree) == 3  # a 2-token match speculates 2 tokens at factor 1
     assert tree.scores[1:] == pytest.approx((math.log(0.75), math.log(0.25)))
     # Under min_prob the rarer branch is dropped.
     tree = _draft(SuffixDrafter(SuffixOptions(min_prob=0.3)), history)
@@ -90,7 +92,7 @@ def test_trees_keep_the_budget_and_are_deterministic(budget):
 
 def test_a_released_output_is_drafted_for_other_sequences():
     prompt, output = [90, 91, 92, 93], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
-    drafter = SuffixDrafter()
+    drafter = SuffixDrafter(SuffixOptions(factor=1.0))
     drafter.propose([DraftInput(1, prompt + [output[0]], WIDE)])  # the first draft: prompt + token
     drafter.propose([DraftInput(1, prompt + output, WIDE)])
     drafter.release(1)
@@ -111,7 +113,7 @@ def test_prompts_option_keeps_the_prompt_so_a_repeated_request_matches_at_once()
     # Outputs only: the first output token is all that matches, so one token is speculated; with
     # the prompt stored too, the whole output at the first step.
     for prompts, want in ((False, 2), (True, 6)):
-        drafter = SuffixDrafter(SuffixOptions(prompts=prompts))
+        drafter = SuffixDrafter(SuffixOptions(prompts=prompts, factor=1.0))
         drafter.propose([DraftInput(1, prompt + output[:1], WIDE)])
         drafter.propose([DraftInput(1, prompt + output, WIDE)])
         drafter.release(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from specgrove.config import ModelRunConfig, parse_tree_option
+from specgrove.config import ModelRunConfig, parse_drafter_option, parse_tree_option
 from specgrove.errors import InvalidRequest
 from specgrove.kv import KVCacheConfig
 from specgrove.types import SamplingParams, TreeBudget
@@ -48,7 +48,7 @@ def run_generate(opts: GenerateOptions) -> dict:
     if opts.max_tokens < 1:
         raise InvalidRequest("max_tokens", f"must be >= 1, got {opts.max_tokens}")
     sampling = SamplingParams(opts.temperature, opts.top_p, opts.top_k, opts.seed)
-    spec = opts.drafter.partition("=")[2] or opts.drafter if opts.drafter else _default_spec(opts.target)
+    spec = parse_drafter_option(opts.drafter)[1] if opts.drafter else _default_spec(opts.target)
     kind = spec.partition(":")[0]
     budget = TreeBudget.off() if kind == "none" else parse_tree_option(opts.tree)
     run = ModelRunConfig(str(resolve_model(opts.target)), opts.dtype, opts.device,

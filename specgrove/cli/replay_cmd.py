@@ -51,7 +51,7 @@ class ReplayOptions:
 def run_replay(opts: ReplayOptions) -> dict:
     from draft_service.engine import DraftEngine
     from draft_service.factory import DraftTarget, build_drafter
-    from draft_service.server import parse_drafter_option
+    from specgrove.config import parse_drafter_option
     from specgrove.cli import replay_report
     from specgrove.cli.replay_loop import Replayer
 

@@ -145,7 +145,8 @@ def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, p
               service_token: str, allow_drafters: tuple[str, ...], max_drafters: int, **o) -> None:
     tls = _tls(o)
     from draft_service.load_policy import LoadPolicy
-    from draft_service.server import DraftServer, DraftServerConfig, parse_drafter_option
+    from draft_service.server import DraftServer, DraftServerConfig
+    from specgrove.config import parse_drafter_option
 
     logging.basicConfig(level=o["log_level"], format="%(asctime)s %(name)s %(message)s")
     pairs = tuple(parse_drafter_option(d) for d in drafters) or (("ngram", "ngram"),)
