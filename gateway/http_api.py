@@ -1,5 +1,7 @@
 """OpenAI-compatible REST API: /v1/completions, /v1/chat/completions (SSE streaming),
-/v1/models, /health, and Prometheus /metrics.
+/v1/models[/{id}], vLLM's /tokenize and /detokenize, drafter admin (``admin_api``), /health,
+and Prometheus /metrics. Routes, the API-key guard and body parsing live here; response bodies
+and streams in ``openai_responses``.
 
 Responses follow OpenAI's shapes; every response (and the last streamed chunk) also carries a
 ``specgrove`` object with the request's speculation stats: steps, drafted_tokens,
@@ -11,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from dataclasses import replace
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse

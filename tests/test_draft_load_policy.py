@@ -2,7 +2,6 @@
 service read an arbitrary file, nor fill its memory with drafters."""
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
