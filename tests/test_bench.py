@@ -17,19 +17,23 @@ def test_bench_start_writes_the_report(tiny_dirs, tmp_path):
            "--up-arg=--kv-blocks", "--up-arg=256",
            "--setting", 'off={"drafter": "none"}', "--setting", 'chain={"drafter": "lookup", "tree": "1,1,1"}',
            "--setting", "dflt=default", "--concurrency", "1,2", "--repeats", "2", "--max-tokens", "12",
-           "--out", str(out)]
+           "--peer", "hf", "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     rows = results["summary"]["rows"]
     assert sorted((r["setting"], r["concurrency"]) for r in rows) == sorted(
-        (s, c) for s in ("off", "chain", "dflt") for c in (1, 2))
+        [(s, c) for s in ("off", "chain", "dflt") for c in (1, 2)] + [("peer:hf", 1)])
+    peer = next(r for r in rows if r["setting"] == "peer:hf")
+    assert peer["tokens_per_s"] > 0 and peer["speedup"] is not None
     assert all(r["repeats"] == 2 for r in rows)
     off1 = next(r for r in rows if r["setting"] == "off" and r["concurrency"] == 1)
     chain1 = next(r for r in rows if r["setting"] == "chain" and r["concurrency"] == 1)
     assert off1["speedup"] == 1.0 and off1["tau"] == 1.0 and chain1["drafted_tokens"] > 0
     texts = {}
     for run in results["runs"]:  # greedy: every setting gives the same text for a prompt
+        if run["setting"].startswith("peer:"):
+            continue  # another engine: equal up to rounding only
         for q in run["requests"]:
             texts.setdefault(q["prompt_id"], set()).add(q["text"])
     assert all(len(t) == 1 for t in texts.values())

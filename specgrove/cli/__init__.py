@@ -264,6 +264,9 @@ def distill(**opts) -> None:
 @click.option("--seed", default=None, type=int, help="Seed every request (sampled runs replay exactly).")
 @click.option("--api-key", default=None, envvar="SPECGROVE_API_KEY", show_envvar=True)
 @click.option("--limit", default=None, type=int, help="Use only the first N prompts.")
+@click.option("--peer", "peers", multiple=True, type=click.Choice(["hf", "hf-assisted"]),
+              help="Also run Hugging Face generate (hf) or its prompt-lookup assisted generation "
+                   "(hf-assisted) on the same prompts at batch 1, in this process (repeatable).")
 @click.option("--out", default="bench-results", show_default=True, type=click.Path(file_okay=False),
               help="Directory for results.json, report.md and the plots.")
 def bench(**opts) -> None:
@@ -275,6 +278,7 @@ def bench(**opts) -> None:
     except ValueError:
         raise click.UsageError("--concurrency: comma-separated integers, e.g. 1,4,8") from None
     opts["settings"], opts["up_args"] = tuple(opts["settings"]), tuple(opts["up_args"])
+    opts["peers"] = tuple(opts["peers"])
     try:
         summary = run_bench(BenchOptions(**opts))
     except ValueError as exc:

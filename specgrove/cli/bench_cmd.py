@@ -33,6 +33,7 @@ class BenchOptions:
     api_key: str | None
     out: str
     limit: int | None
+    peers: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -89,13 +90,18 @@ def run_bench(opts: BenchOptions) -> dict:
         headers = {"authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
         model = httpx.get(url + "/v1/models", headers=headers, timeout=30).json()["data"][0]["id"]
         bench = Bench(url, opts.api_key, model, opts.max_tokens, opts.temperature, opts.seed)
-        total = len(rows) * len(settings) * len(opts.concurrency) * opts.repeats
+        total = len(rows) * opts.repeats * (len(settings) * len(opts.concurrency) + len(opts.peers))
         runs = []
         with tqdm(total=total, unit="req", desc="bench", file=sys.stderr) as progress:
             for repeat in range(opts.repeats):
                 for conc in opts.concurrency:
                     for setting in settings:  # settings take turns: drift hits them alike
                         runs.append(asyncio.run(bench.run(rows, setting, conc, repeat, progress)))
+            if opts.peers:
+                from specgrove.cli.bench_peers import hf_runs
+
+                for peer in opts.peers:  # in this process, after the gateway's runs, at batch 1
+                    runs += hf_runs(model, rows, peer, opts.max_tokens, opts.temperature, opts.repeats, progress)
     meta = {"model": model, "prompts": len(rows), "max_tokens": opts.max_tokens,
             "temperature": opts.temperature, "repeats": opts.repeats,
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "python": platform.python_version()}

@@ -50,7 +50,7 @@ class RequestResult:
     prompt_id: str
     category: str
     tokens: int
-    ttft_s: float
+    ttft_s: float | None  # None for peers timed end to end
     tpot_s: float | None
     latency_s: float
     tau: float
