@@ -131,14 +131,14 @@ def plots(summary: dict, out: Path) -> list[str]:
     plt.close(fig)
 
     cats = sorted({c["category"] for c in summary["categories"]})
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.8 / max(len(settings), 1)
     for i, s in enumerate(settings):
         tau = {c["category"]: c["tau"] for c in summary["categories"] if c["setting"] == s}
         ax.bar([j + i * width for j in range(len(cats))], [tau.get(c, 0) for c in cats], width, label=s)
     ax.set_xticks([j + width * (len(settings) - 1) / 2 for j in range(len(cats))], cats, rotation=30)
     ax.set(ylabel="τ (tokens per step)", title="τ per category")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # beside the bars, not on them
     fig.tight_layout()
     fig.savefig(out / "tau_per_category.png")
     written.append("tau_per_category.png")
