@@ -15,7 +15,8 @@ import time
 from typing import AsyncIterator, Sequence
 
 from gateway.http_errors import error, error_body
-from gateway.job import Delta, Failed, Finished, Job
+from gateway.job import Delta, Finished, Job
+from gateway.offline import collect
 from gateway.logprobs_format import chat_logprobs, completion_logprobs
 from gateway.speculation import effective_speculation
 from gateway.state import GatewayState
@@ -48,34 +49,21 @@ def _logprobs(state: GatewayState, job: Job, chat: bool, logprobs: list, offset:
     return completion_logprobs(state.codec, logprobs, offset)
 
 
-async def _collect(job: Job) -> tuple[str, str, list] | Failed:
-    text, logprobs = [], []
-    while True:
-        ev = await job.events.get()
-        if isinstance(ev, Delta):
-            text.append(ev.text)
-            logprobs += ev.logprobs
-        elif isinstance(ev, Finished):
-            return "".join(text), ev.reason, logprobs
-        else:
-            return ev
-
-
 async def whole(state: GatewayState, jobs: Sequence[Job], n: int, rid: str, chat: bool,
                 echo: Sequence[str] = ()):
     """``echo``: per choice, text to put before its completion (the prompt, with ``echo``)."""
     try:
-        results = await asyncio.gather(*(_collect(j) for j in jobs))
+        results = await asyncio.gather(*(collect(j) for j in jobs))
     finally:
         for j in jobs:
             j.cancel()  # no-op once finished; frees the sequence if this handler was cancelled
-    failed = next((r for r in results if isinstance(r, Failed)), None)
+    failed = next((r.error for r in results if r.error is not None), None)
     if failed is not None:
         return error(failed.status, failed.message)
     choices = []
-    for i, (job, (text, reason, logprobs)) in enumerate(zip(jobs, results)):
-        text = (echo[i] if echo else "") + text
-        lp = _logprobs(state, job, chat, logprobs)
+    for i, (job, done) in enumerate(zip(jobs, results)):
+        text, reason = (echo[i] if echo else "") + done.text, done.finish_reason
+        lp = _logprobs(state, job, chat, done.logprobs)
         choice = ({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                    "logprobs": lp} if chat else
                   {"index": i, "text": text, "finish_reason": reason, "logprobs": lp})

@@ -13,7 +13,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -32,6 +31,7 @@ from specgrove.pb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from specgrove.service import free_ports
 from specgrove.tls import TlsConfig, TlsError, certifies, load
 from tests.gateway_stack import running_stack
+from tests.polling import wait_until
 
 TOKEN = "tls-service-token"
 
@@ -209,16 +209,6 @@ def test_service_token_still_applies_inside_tls(stack, pki):
 
 # --- through `specgrove up` ----------------------------------------------------------------------
 
-def _wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise TimeoutError(what)
-
-
 def test_up_generates_certificates_and_serves_grpc_over_mutual_tls(tiny_dirs, tmp_path):
     model = str(tiny_dirs["llama"])
     http, grpc_port, tport, dport = free_ports(4)
@@ -229,7 +219,7 @@ def test_up_generates_certificates_and_serves_grpc_over_mutual_tls(tiny_dirs, tm
     with open(log, "w") as err:  # a file, not a pipe: three children's logs must never block
         up = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        found = _wait(lambda: up.poll() is None and re.search(
+        found = wait_until(lambda: up.poll() is None and re.search(
             r"client certificate in (\S+) \(ca\.pem", log.read_text()), 240, "up serving")
         tls_dir = Path(found.group(1))
         assert stat.S_IMODE(tls_dir.stat().st_mode) == 0o700

@@ -18,19 +18,10 @@ import pytest
 from benchmarks.common import child_pid
 from specgrove.pb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from specgrove.service import free_ports
+from tests.polling import wait_until
 
 KEY = "up-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
-
-
-def _wait(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 def _health(base: str) -> int:
@@ -86,7 +77,7 @@ def test_up_restarts_children_keeps_serving_and_drains(tiny_dirs):
     up = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{http}"
     try:
-        _wait(lambda: up.poll() is None and _health(base) == 200, 180, "up serving")
+        wait_until(lambda: up.poll() is None and _health(base) == 200, 180, "up serving")
 
         # The gateway's gRPC port refuses a caller without the key.
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
@@ -105,14 +96,14 @@ def test_up_restarts_children_keeps_serving_and_drains(tiny_dirs):
         os.kill(draft_pid, signal.SIGKILL)
         stream.join(120)
         assert stream.error is None and stream.finish == "length" and stream.tokens >= 1
-        new_draft = _wait(lambda: (p := child_pid(up.pid, "draft")) not in (None, draft_pid) and p,
+        new_draft = wait_until(lambda: (p := child_pid(up.pid, "draft")) not in (None, draft_pid) and p,
                           60, "draft restarted")
         assert new_draft != draft_pid
 
         def speculating():
             r = _complete(base, model, speculation={"drafter": "lookup"})
             return r.status_code == 200 and r.json()["specgrove"]["drafted_tokens"] > 0
-        _wait(speculating, 120, "speculation resumed after the draft restart")
+        wait_until(speculating, 120, "speculation resumed after the draft restart")
 
         # 2. kill -9 the target: /health turns 503 on its own, the in-flight request fails
         #    cleanly, the target comes back, /health 200 again with no request, and new
@@ -123,11 +114,11 @@ def test_up_restarts_children_keeps_serving_and_drains(tiny_dirs):
         assert stream.started.wait(60)
         os.kill(target_pid, signal.SIGKILL)
         killed = time.monotonic()
-        _wait(lambda: _health(base) == 503, 10, "health 503 after the target died")
+        wait_until(lambda: _health(base) == 503, 10, "health 503 after the target died")
         assert time.monotonic() - killed < 5
         stream.join(60)
         assert stream.finish != "length" and stream.error is not None
-        _wait(lambda: _health(base) == 200, 180, "health 200 after the target restarted")
+        wait_until(lambda: _health(base) == 200, 180, "health 200 after the target restarted")
         assert child_pid(up.pid, "target") not in (None, target_pid)
         assert _complete(base, model).status_code == 200
 
