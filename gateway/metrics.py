@@ -72,6 +72,9 @@ class GatewayMetrics:
                                    ["drafter", "quantity"], registry=r)
         self.kv_usage = Gauge(PREFIX + "kv_cache_usage_perc",
                               "Fraction of the target's KV cache blocks in use (0-1).", registry=r)
+        self.serving = Gauge(PREFIX + "service_serving",
+                             "1 while the service (target, draft) reports SERVING to the gateway's "
+                             "health polls, else 0.", ["service"], registry=r)
 
     def drafter_stats(self, infos) -> None:
         """What each drafter holds (``DrafterInfo.stats``, e.g. the suffix drafter's global
@@ -87,6 +90,11 @@ class GatewayMetrics:
         self.running.set_function(running)
         self.waiting.set_function(waiting)
         self.kv_usage.set_function(kv_usage)
+
+    def bind_health(self, target_ok: Callable[[], bool], draft_ok: Callable[[], bool]) -> None:
+        """The services' health as the gateway last saw it (``/health`` shows the same)."""
+        self.serving.labels("target").set_function(lambda: float(target_ok()))
+        self.serving.labels("draft").set_function(lambda: float(draft_ok()))
 
     def step_item(self, drafter: str, drafted: int, accepted: int) -> None:
         """One sequence's share of a step."""

@@ -66,6 +66,7 @@ class GatewayState:
         self.default_drafter = ""
         self.draining = False
         self.draft_ok = True  # the draft service's gRPC health, as last polled
+        self.metrics.bind_health(lambda: orch.target_ok, lambda: self.draft_ok)
         rate = cfg.max_requests_per_second
         self.throttle = Throttler(rate_limit=rate, period=1.0) if rate > 0 else None
         self.auth = KeyPolicy(cfg.api_keys, cfg.admin_keys, ADMIN_METHODS)
