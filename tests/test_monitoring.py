@@ -136,7 +136,11 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.logfile = workdir / "prometheus.log"
-        wait_until(self._ready, 60, f"Prometheus ready at {self.url}", every_s=0.2)
+        try:
+            wait_until(self._ready, 60, f"Prometheus ready at {self.url}", every_s=0.2)
+        except BaseException:
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
