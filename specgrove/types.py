@@ -20,6 +20,59 @@ from specgrove.tree import TokenTree, static_tree_size
 GREEDY_BELOW = 1e-5
 MAX_TOP_LOGPROBS = 20  # alternatives per token a request may ask for (vLLM's default cap)
 MAX_LOGIT_BIAS = 1024  # logit_bias entries per request
+# Structured output: characters of a grammar (schema text, pattern, or all choices together), and
+# choices. Sizes are checked before anything is compiled; compiling is the target's work.
+MAX_GRAMMAR_CHARS = 1 << 16
+MAX_GRAMMAR_CHOICES = 1024
+GRAMMAR_KINDS = ("json_object", "json_schema", "regex", "choice")
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """Structured output: the output must be a sentence of this grammar (``specgrove.grammar``
+    compiles it in the target and masks every tree node's logits with it).
+
+    ``kind`` is one of ``GRAMMAR_KINDS``: ``json_object`` (any JSON object), ``json_schema``
+    (``spec`` is the schema as JSON text), ``regex`` (``spec`` is the pattern the whole output
+    matches) or ``choice`` (exactly one of ``choices``). Hashable: the target compiles each
+    distinct grammar once.
+    """
+
+    kind: str
+    spec: str = ""
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in GRAMMAR_KINDS:
+            raise InvalidRequest("grammar", f"kind {self.kind!r} is not one of {', '.join(GRAMMAR_KINDS)}")
+        if self.kind == "choice":
+            if not 1 <= len(self.choices) <= MAX_GRAMMAR_CHOICES or self.spec:
+                raise InvalidRequest("grammar", f"a choice needs 1 to {MAX_GRAMMAR_CHOICES} strings")
+        elif self.choices:
+            raise InvalidRequest("grammar", f"a {self.kind} grammar has no choices")
+        if self.kind == "json_object" and self.spec:
+            raise InvalidRequest("grammar", "a json_object grammar has no spec")
+        if self.kind == "json_schema" and not self.spec.strip():
+            raise InvalidRequest("grammar", "the JSON schema is empty")
+        size = len(self.spec) + sum(len(c) for c in self.choices)
+        if size > MAX_GRAMMAR_CHARS:
+            raise InvalidRequest("grammar", f"{size} characters exceed the limit of {MAX_GRAMMAR_CHARS}")
+
+    @staticmethod
+    def from_pb(msg: common_pb2.Grammar) -> "Grammar | None":
+        kind = msg.WhichOneof("kind")
+        if kind is None or (kind == "json_object" and not msg.json_object):
+            return None
+        if kind == "choice":
+            return Grammar("choice", choices=tuple(msg.choice.options))
+        return Grammar(kind, "" if kind == "json_object" else getattr(msg, kind))
+
+    def to_pb(self) -> common_pb2.Grammar:
+        if self.kind == "json_object":
+            return common_pb2.Grammar(json_object=True)
+        if self.kind == "choice":
+            return common_pb2.Grammar(choice=common_pb2.Grammar.Choices(options=self.choices))
+        return common_pb2.Grammar(**{self.kind: self.spec})
 
 
 @dataclass(frozen=True)
@@ -43,6 +96,7 @@ class SamplingParams:
     min_tokens: int = 0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), sorted by id
     stop_token_ids: tuple[int, ...] = ()  # masked with end-of-sequence before min_tokens
+    grammar: Grammar | None = None  # structured output (``specgrove.grammar``); None: free text
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0.0:
@@ -66,12 +120,16 @@ class SamplingParams:
             raise InvalidRequest("min_tokens", f"must be >= 0, got {self.min_tokens}")
         if len(self.logit_bias) > MAX_LOGIT_BIAS or any(not -100.0 <= b <= 100.0 for _, b in self.logit_bias):
             raise InvalidRequest("logit_bias", f"at most {MAX_LOGIT_BIAS} entries, each in [-100, 100]")
+        if self.grammar is not None and self.min_tokens:
+            # A complete sentence of the grammar allows only end-of-sequence, which min_tokens
+            # forbids: no token would be left to sample.
+            raise InvalidRequest("min_tokens", "cannot be combined with a grammar (structured output)")
 
     @property
     def processes_logits(self) -> bool:
         """Whether any logits processor changes the logits (the common case pays nothing)."""
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
-                    or self.min_tokens or self.logit_bias)
+                    or self.min_tokens or self.logit_bias or self.grammar is not None)
 
     @property
     def counts_output(self) -> bool:
@@ -95,10 +153,11 @@ class SamplingParams:
         repetition = msg.repetition_penalty if msg.HasField("repetition_penalty") else 1.0
         temperature = msg.temperature if msg.HasField("temperature") else SamplingParams.temperature
         top_p = msg.top_p if msg.HasField("top_p") else SamplingParams.top_p
+        grammar = Grammar.from_pb(msg.grammar) if msg.HasField("grammar") else None
         return SamplingParams(temperature, top_p, msg.top_k, seed, logprobs,
                               msg.presence_penalty, msg.frequency_penalty, repetition, msg.min_p,
                               msg.min_tokens, tuple(sorted(msg.logit_bias.items())),
-                              tuple(msg.stop_token_ids))
+                              tuple(msg.stop_token_ids), grammar)
 
     def to_pb(self) -> common_pb2.SamplingParams:
         return common_pb2.SamplingParams(
@@ -108,6 +167,7 @@ class SamplingParams:
             repetition_penalty=None if self.repetition_penalty == 1.0 else self.repetition_penalty,
             min_p=self.min_p, min_tokens=self.min_tokens, logit_bias=dict(self.logit_bias),
             stop_token_ids=self.stop_token_ids,
+            grammar=self.grammar.to_pb() if self.grammar is not None else None,
         )
 
 

@@ -19,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.types import Grammar, SamplingParams, TreeBudget
 
 FORMAT = "specgrove-record/1"
 
@@ -95,6 +95,9 @@ class Record:
             raise ValueError(f"record {obj.get('id')!r}: unknown sampling fields {unknown}")
         s["logit_bias"] = tuple((int(t), float(b)) for t, b in s.get("logit_bias", ()))
         s["stop_token_ids"] = tuple(s.get("stop_token_ids", ()))
+        if s.get("grammar") is not None:  # asdict's {"kind", "spec", "choices"}
+            g = s["grammar"]
+            s["grammar"] = Grammar(g["kind"], g.get("spec", ""), tuple(g.get("choices", ())))
         live = obj.get("live")
         if live is not None:
             acc = live.get("step_accepted")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19specgrove/v1/common.proto\x12\x0cspecgrove.v1\"?\n\tTokenTree\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0f\n\x07parents\x18\x02 \x03(\x05\x12\x0e\n\x06scores\x18\x03 \x03(\x02\"\xc2\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x02\x88\x01\x01\x12\x15\n\x08logprobs\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\r\n\x05min_p\x18\t \x01(\x01\x12\x12\n\nmin_tokens\x18\n \x01(\x05\x12?\n\nlogit_bias\x18\x0b \x03(\x0b\x32+.specgrove.v1.SamplingParams.LogitBiasEntry\x12\x16\n\x0estop_token_ids\x18\x0c \x03(\x05\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x0b\n\t_logprobsB\x15\n\x13_repetition_penalty\"X\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"T\n\nTreeBudget\x12\x11\n\tbranching\x18\x01 \x03(\x05\x12\x11\n\tmax_nodes\x18\x02 \x01(\x05\x12\x11\n\tmax_depth\x18\x03 \x01(\x05\x12\r\n\x05top_k\x18\x04 \x01(\x05\"5\n\x08\x46\x65\x61tures\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"!\n\x0eReleaseRequest\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\"&\n\x0fReleaseResponse\x12\x13\n\x0b\x66ree_blocks\x18\x01 \x01(\x05\"\r\n\x0bInfoRequestb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19specgrove/v1/common.proto\x12\x0cspecgrove.v1\"?\n\tTokenTree\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\x12\x0f\n\x07parents\x18\x02 \x03(\x05\x12\x0e\n\x06scores\x18\x03 \x03(\x02\"\xea\x03\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x02\x88\x01\x01\x12\x15\n\x08logprobs\x18\x05 \x01(\x05H\x03\x88\x01\x01\x12\x18\n\x10presence_penalty\x18\x06 \x01(\x01\x12\x19\n\x11\x66requency_penalty\x18\x07 \x01(\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\r\n\x05min_p\x18\t \x01(\x01\x12\x12\n\nmin_tokens\x18\n \x01(\x05\x12?\n\nlogit_bias\x18\x0b \x03(\x0b\x32+.specgrove.v1.SamplingParams.LogitBiasEntry\x12\x16\n\x0estop_token_ids\x18\x0c \x03(\x05\x12&\n\x07grammar\x18\r \x01(\x0b\x32\x15.specgrove.v1.Grammar\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\x05\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seedB\x0b\n\t_logprobsB\x15\n\x13_repetition_penalty\"\x9d\x01\n\x07Grammar\x12\x15\n\x0bjson_object\x18\x01 \x01(\x08H\x00\x12\x15\n\x0bjson_schema\x18\x02 \x01(\tH\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12/\n\x06\x63hoice\x18\x04 \x01(\x0b\x32\x1d.specgrove.v1.Grammar.ChoicesH\x00\x1a\x1a\n\x07\x43hoices\x12\x0f\n\x07options\x18\x01 \x03(\tB\x06\n\x04kind\"X\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\x0f\n\x07top_ids\x18\x03 \x03(\x05\x12\x14\n\x0ctop_logprobs\x18\x04 \x03(\x02\"T\n\nTreeBudget\x12\x11\n\tbranching\x18\x01 \x03(\x05\x12\x11\n\tmax_nodes\x18\x02 \x01(\x05\x12\x11\n\tmax_depth\x18\x03 \x01(\x05\x12\r\n\x05top_k\x18\x04 \x01(\x05\"5\n\x08\x46\x65\x61tures\x12\x0c\n\x04rows\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"!\n\x0eReleaseRequest\x12\x0f\n\x07seq_ids\x18\x01 \x03(\x04\"&\n\x0fReleaseResponse\x12\x13\n\x0b\x66ree_blocks\x18\x01 \x01(\x05\"\r\n\x0bInfoRequestb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +36,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENTREE']._serialized_start=43
   _globals['_TOKENTREE']._serialized_end=106
   _globals['_SAMPLINGPARAMS']._serialized_start=109
-  _globals['_SAMPLINGPARAMS']._serialized_end=559
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=440
-  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=488
-  _globals['_TOKENLOGPROB']._serialized_start=561
-  _globals['_TOKENLOGPROB']._serialized_end=649
-  _globals['_TREEBUDGET']._serialized_start=651
-  _globals['_TREEBUDGET']._serialized_end=735
-  _globals['_FEATURES']._serialized_start=737
-  _globals['_FEATURES']._serialized_end=790
-  _globals['_RELEASEREQUEST']._serialized_start=792
-  _globals['_RELEASEREQUEST']._serialized_end=825
-  _globals['_RELEASERESPONSE']._serialized_start=827
-  _globals['_RELEASERESPONSE']._serialized_end=865
-  _globals['_INFOREQUEST']._serialized_start=867
-  _globals['_INFOREQUEST']._serialized_end=880
+  _globals['_SAMPLINGPARAMS']._serialized_end=599
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_start=480
+  _globals['_SAMPLINGPARAMS_LOGITBIASENTRY']._serialized_end=528
+  _globals['_GRAMMAR']._serialized_start=602
+  _globals['_GRAMMAR']._serialized_end=759
+  _globals['_GRAMMAR_CHOICES']._serialized_start=725
+  _globals['_GRAMMAR_CHOICES']._serialized_end=751
+  _globals['_TOKENLOGPROB']._serialized_start=761
+  _globals['_TOKENLOGPROB']._serialized_end=849
+  _globals['_TREEBUDGET']._serialized_start=851
+  _globals['_TREEBUDGET']._serialized_end=935
+  _globals['_FEATURES']._serialized_start=937
+  _globals['_FEATURES']._serialized_end=990
+  _globals['_RELEASEREQUEST']._serialized_start=992
+  _globals['_RELEASEREQUEST']._serialized_end=1025
+  _globals['_RELEASERESPONSE']._serialized_start=1027
+  _globals['_RELEASERESPONSE']._serialized_end=1065
+  _globals['_INFOREQUEST']._serialized_start=1067
+  _globals['_INFOREQUEST']._serialized_end=1080
 # @@protoc_insertion_point(module_scope)
