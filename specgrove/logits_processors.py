@@ -10,9 +10,10 @@ decoding would process them at that position, and the lossless acceptance rules
 (``specgrove.sampling``) then see the same ``p`` either way.
 
 Order, as vLLM applies them: ``logit_bias``, the ``min_tokens`` mask, then repetition,
-frequency and presence penalties; temperature, min-p, top-k and top-p follow in
-``specgrove.sampling.target_logits``. Output counts include the pending token (the tree's
-root), which is output already.
+frequency and presence penalties, then the grammar's mask (structured output,
+``specgrove.grammar``: ``-inf`` for what the grammar forbids, which no earlier step can undo);
+temperature, min-p, top-k and top-p follow in ``specgrove.sampling.target_logits``. Output
+counts include the pending token (the tree's root), which is output already.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Sequence
 
 import torch
 
+from specgrove.grammar import GrammarState
 from specgrove.tree import TokenTree
 from specgrove.types import SamplingParams
 
@@ -32,23 +34,29 @@ class OutputHistory:
     prompt_seen: torch.Tensor | None  # [V] bool: tokens of the prompt (repetition penalty)
     counts: torch.Tensor | None  # [V] int64: occurrences of each token in the output so far
     length: int = 0  # output tokens so far, the pending one included
+    grammar: GrammarState | None = None  # the request's grammar, standing at the output so far
 
     @staticmethod
     def start(params: SamplingParams, prompt: Sequence[int], output: Sequence[int], vocab: int,
-              device: torch.device | str) -> "OutputHistory":
+              device: torch.device | str, compiled_grammar=None) -> "OutputHistory":
+        """``compiled_grammar``: the request's grammar compiled for this target (``None``
+        without one)."""
+        grammar = GrammarState(compiled_grammar, output) if compiled_grammar is not None else None
         if not params.counts_output:
-            return OutputHistory(None, None, len(output))
+            return OutputHistory(None, None, len(output), grammar)
         seen = torch.zeros(vocab, dtype=torch.bool, device=device)
         seen[torch.tensor(list(prompt), dtype=torch.long, device=device)] = True
         counts = torch.zeros(vocab, dtype=torch.long, device=device)
         if output:
             counts.index_add_(0, torch.tensor(list(output), dtype=torch.long, device=device),
                               torch.ones(len(output), dtype=torch.long, device=device))
-        return OutputHistory(seen, counts, len(output))
+        return OutputHistory(seen, counts, len(output), grammar)
 
     def extend(self, tokens: Sequence[int]) -> None:
         """Tokens appended to the output (a step's accepted tokens and its bonus)."""
         self.length += len(tokens)
+        if self.grammar is not None:
+            self.grammar.extend(tokens)
         if self.counts is not None and tokens:
             ids = torch.tensor(list(tokens), dtype=torch.long, device=self.counts.device)
             self.counts.index_add_(0, ids, torch.ones_like(ids))
@@ -98,4 +106,6 @@ def process_logits(logits: torch.Tensor, params: SamplingParams, history: Output
             scaled = torch.where(out > 0, out / params.repetition_penalty, out * params.repetition_penalty)
             out = torch.where(seen, scaled, out)
         out = out - params.frequency_penalty * counts.to(work) - params.presence_penalty * (counts > 0).to(work)
+    if history.grammar is not None:
+        out = history.grammar.mask_(out, tree)  # in place: ``out`` is this function's own copy
     return out

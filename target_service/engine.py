@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from specgrove import telemetry
+from specgrove.grammar import GrammarCompiler
 from specgrove.kv import KVCacheExhausted
 from specgrove.logits_processors import OutputHistory, process_logits
 from specgrove.logprobs import token_logprobs
@@ -52,6 +53,7 @@ class TargetEngine:
         self.vocab_size = runner.config.vocab_size
         self.max_model_len = min(max_model_len or runner.config.max_positions, runner.config.max_positions)
         self._seqs: dict[int, _SeqState] = {}
+        self._grammars: GrammarCompiler | None = None  # built at the first request with a grammar
 
     # --- public API --------------------------------------------------------------------------
     def capacity(self) -> EngineCapacity:
@@ -73,13 +75,14 @@ class TargetEngine:
         if not requests:
             return []
         self._check_prefill(requests)
+        grammars = [self._compile_grammar(r.sampling) for r in requests]
         bm = self.runner.blocks
         need = sum(bm.blocks_for(len(r.prompt_ids)) for r in requests)
         if need > bm.num_free_blocks:
             raise KVCacheExhausted(f"prompts need {need} KV blocks, {bm.num_free_blocks} are free")
-        for r in requests:
+        for r, grammar in zip(requests, grammars):
             bm.add_sequence(r.seq_id)
-            self._seqs[r.seq_id] = self._new_state(r)
+            self._seqs[r.seq_id] = self._new_state(r, grammar)
         items = [ForwardItem(r.seq_id, r.prompt_ids, range(len(r.prompt_ids)),
                              capture=bool(r.feature_layers)) for r in requests]
         try:
@@ -171,12 +174,27 @@ class TargetEngine:
         picked = captured[:, cols] if rows is None else captured[rows][:, cols]
         return Features.from_tensor(picked)
 
-    def _new_state(self, r: PrefillRequest) -> _SeqState:
+    def _compile_grammar(self, sampling: SamplingParams):
+        """The request's grammar compiled for this target's vocabulary (None without one),
+        before any state changes: a grammar that does not compile fails the batch cleanly."""
+        if sampling.grammar is None:
+            return None
+        cfg = self.runner.config
+        if self._grammars is None:
+            if not cfg.path:
+                raise InvalidRequest("sampling.grammar", "this target has no tokenizer to compile grammars with")
+            self._grammars = GrammarCompiler.build(cfg.path, self.vocab_size, cfg.eos_token_ids)
+        try:
+            return self._grammars.compile(sampling.grammar)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"sampling.{exc.field}", exc.reason) from exc
+
+    def _new_state(self, r: PrefillRequest, grammar=None) -> _SeqState:
         sampling = r.sampling.seeded()
         noise = None if sampling.greedy else NoiseCache(sampling.seed, self.vocab_size, self.runner.device)
         split = len(r.prompt_ids) - r.num_output_tokens
         history = OutputHistory.start(sampling, r.prompt_ids[:split], r.prompt_ids[split:],
-                                      self.vocab_size, self.runner.device)
+                                      self.vocab_size, self.runner.device, grammar)
         return _SeqState(sampling, noise, tuple(sorted(set(r.feature_layers))), history=history)
 
     def _accept(self, tree: TokenTree, logits: torch.Tensor, state: _SeqState, root_position: int,

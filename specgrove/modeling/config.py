@@ -37,6 +37,7 @@ class ModelConfig:
     qkv_bias: bool
     rope: RopeConfig = field(default_factory=RopeConfig)
     eos_token_ids: tuple[int, ...] = ()
+    path: str = ""  # the checkpoint's directory (its tokenizer too); "" when not from a directory
 
     @staticmethod
     def from_hf(cfg: Any) -> "ModelConfig":

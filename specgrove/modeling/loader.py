@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -90,7 +91,7 @@ def _save_dequantized(model, out: Path) -> None:
 def load_config(path: Path) -> ModelConfig:
     from transformers import AutoConfig
 
-    return ModelConfig.from_hf(AutoConfig.from_pretrained(path))
+    return replace(ModelConfig.from_hf(AutoConfig.from_pretrained(path)), path=str(path))
 
 
 def load_tokenizer(path: Path):
