@@ -8,7 +8,8 @@ for. Unknown non-standard fields are ignored with a logged warning, as vLLM does
 violation becomes an HTTP 400 with an OpenAI-style error body naming the parameter. Extra
 fields beyond OpenAI's: ``top_k``, ``ignore_eos``, ``stop_token_ids`` and ``speculation``
 (``{"drafter": NAME | "none", "tree": "4,2,2,1" | {"nodes": N, "depth": D, "top_k": K},
-"coupled": true | false}``).
+"coupled": true | false}``). Structured output (``response_format``, ``guided_*``,
+``structured_outputs``) is read by ``gateway.structured_output``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.job import JobSpec
+from gateway.structured_output import StructuredOutputFields
 from gateway.text import TextCodec
 from specgrove.config import parse_tree_option
 from specgrove.tree import TreeError, static_tree_size
@@ -36,9 +38,7 @@ MAX_CHOICES = 16  # n, and prompts per completions request (at most 64 choices i
 # values that ask for nothing (clients often send the defaults explicitly). Anything else: 400.
 _NONE = (None,)
 UNSUPPORTED: dict[str, tuple] = {
-    "prompt_logprobs": (None, 0),
-    "response_format": (None, {"type": "text"}), "guided_json": _NONE, "guided_regex": _NONE,
-    "guided_choice": _NONE, "guided_grammar": _NONE, "structured_outputs": _NONE,
+    "prompt_logprobs": (None, 0), "guided_grammar": _NONE,
     "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
     "function_call": (None, "none", "auto"), "best_of": (None, 1), "suffix": (None, ""),
     "use_beam_search": (None, False), "length_penalty": (None, 1), "allowed_token_ids": _NONE,
@@ -80,7 +80,7 @@ def _same(value, neutral) -> bool:
     return value == neutral
 
 
-class _Common(BaseModel):
+class _Common(StructuredOutputFields):
     model_config = ConfigDict(extra="allow")
     model: str
     max_tokens: int | None = None
@@ -271,12 +271,16 @@ def job_spec(req: _Common, prompt_ids: list[int], info: TargetInfo, default_budg
     min_tokens = req.min_tokens or 0
     if min_tokens > max_tokens:
         raise InvalidRequest("min_tokens", f"{min_tokens} is more than max_tokens {max_tokens}")
+    grammar = req.grammar()
+    if grammar is not None and req.ignore_eos:
+        raise InvalidRequest("ignore_eos", "cannot be combined with structured output: the grammar "
+                                           "ends the output with end-of-sequence")
     sampling = SamplingParams(
         req.temperature, req.top_p, max(req.top_k, 0), req.seed, req.top_logprobs_wanted,
         presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
         repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
         min_p=req.min_p or 0.0, min_tokens=min_tokens, logit_bias=req.logit_bias_pairs(info.vocab_size),
-        stop_token_ids=tuple(sorted(set(req.stop_token_ids))))
+        stop_token_ids=tuple(sorted(set(req.stop_token_ids))), grammar=grammar)
     coupled = req.speculation.coupled if req.speculation is not None else True
     bad = next((t for t in req.stop_token_ids if not 0 <= t < info.vocab_size), None)
     if bad is not None:

@@ -39,6 +39,10 @@ def _as_request(msg: gateway_pb2.GenerateRequest):
                   min_p=s.min_p, min_tokens=s.min_tokens,
                   logit_bias={str(k): v for k, v in s.logit_bias.items()} or None,
                   stop_token_ids=list(s.stop_token_ids))
+    kind = s.grammar.WhichOneof("kind")
+    if kind is not None:  # as vLLM's structured_outputs: one path of checks with REST
+        value = list(s.grammar.choice.options) if kind == "choice" else getattr(s.grammar, kind)
+        common["structured_outputs"] = {{"json_schema": "json"}.get(kind, kind): value}
     wants_logprobs = s.HasField("logprobs")
     if msg.HasField("speculation"):
         sp = msg.speculation

@@ -217,6 +217,12 @@ class Orchestrator:
             if isinstance(exc, ResourceExhausted) and self.running:
                 self.waiting.extendleft(reversed(jobs))  # retry once sequences finish
                 return
+            if isinstance(exc, InvalidRequest) and len(jobs) > 1:
+                # The target refused the batch as a whole (nothing changed there): one request it
+                # alone can judge, e.g. a grammar that does not compile, must fail alone.
+                for j in jobs:
+                    await self._prefill([j])
+                return
             for j in jobs:
                 j.finish(Failed(http_status(exc), str(exc)))
             if http_status(exc) == 503:
