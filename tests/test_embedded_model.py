@@ -35,3 +35,21 @@ def test_smollm2_greedy_matches_hf_with_and_without_speculation():
     assert plain.token_ids == want
     assert spec.token_ids == want
     assert spec.stats.mean_acceptance_length > 1.5  # the answer copies the prompt
+
+
+def test_smollm2_json_object_is_parseable_json():
+    """Structured output on a real vocabulary (49152 BPE tokens): a JSON object that parses."""
+    import json
+
+    from specgrove.types import Grammar, SamplingParams
+
+    path = resolve_model("smollm2-135m-instruct")
+    tok = load_tokenizer(path)
+    text = tok.apply_chat_template([{"role": "user", "content": "Describe a cat in JSON with its name and age."}],
+                                   add_generation_prompt=True, tokenize=False)
+    prompt = tuple(tok.encode(text, add_special_tokens=False))
+    target = target_engine(path, dtype=torch.float32, block_size=16, num_blocks=64)
+    out = generate(target, draft_engine(), [request(prompt, 48, SamplingParams(grammar=Grammar("json_object")),
+                                                    ignore_eos=False)])[0]
+    assert out.finish_reason == "stop"
+    assert isinstance(json.loads(tok.decode(out.token_ids[:-1])), dict)
