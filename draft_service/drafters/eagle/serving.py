@@ -11,14 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from draft_service.drafters.eagle.config import WEIGHTS_FILE, EagleConfig
 from specgrove.kernels.backend import KernelBackend
 from specgrove.modeling.layers import RMSNorm, RotaryEmbedding
 from specgrove.modeling.llama import DecoderLayer
-from specgrove.modeling.parallel import LayerContext
+from specgrove.modeling.parallel import ColumnParallelLinear, LayerContext
 
 # Checkpoint names of the layer's sub-matrices -> (our fused parameter, shard index).
 _FUSED = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
@@ -33,14 +32,15 @@ class EagleServingModel(nn.Module):
         d = cfg.hidden_size
         self.eagle = cfg
         self.config = cfg.layer_config()  # one layer: what ModelExecutor sizes the KV cache by
-        frozen = lambda *shape: nn.Parameter(torch.zeros(*shape, dtype=ctx.dtype), requires_grad=False)
-        self.fuse = frozen(d, cfg.feature_width)  # [out, in]
-        self.in_proj = frozen(d, 2 * d)
+        # Parallel linears of one rank: the CPU kernels (``use_cpu_linears``) route them like
+        # the decoder layer's, and their loaders honour the weight layout of ``ctx``.
+        self.fuse = ColumnParallelLinear(cfg.feature_width, [d], False, ctx)  # [n, W] -> [n, d]
+        self.in_proj = ColumnParallelLinear(2 * d, [d], False, ctx)  # [T, 2d] -> [T, d]
         self.model = nn.Module()
         self.model.layers = nn.ModuleList([DecoderLayer(self.config, ctx, backend)])
         self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_positions, cfg.rope, ctx.dtype)
         self.norm = RMSNorm(d, cfg.rms_norm_eps, ctx.dtype)
-        self.lm_head = nn.Linear(d, cfg.draft_vocab_size, bias=False, dtype=ctx.dtype).requires_grad_(False)
+        self.lm_head = ColumnParallelLinear(d, [cfg.draft_vocab_size], False, ctx)  # [R, d] -> [R, Vd]
         self.register_buffer("embed", embed.to(ctx.dtype), persistent=False)
         self.register_buffer("d2t", torch.zeros(cfg.draft_vocab_size, dtype=torch.int64))
 
@@ -50,12 +50,11 @@ class EagleServingModel(nn.Module):
 
     def fuse_features(self, target_features: torch.Tensor) -> torch.Tensor:
         """[n, feature_width] target hidden states -> [n, d] inputs."""
-        return F.linear(target_features.to(self.fuse.dtype), self.fuse)
+        return self.fuse(target_features.to(self.embed.dtype))
 
     def forward(self, input_ids, positions, kv_cache, meta, capture=None, features=None):
         """input_ids, positions: [T]; features: [T, d]; kv_cache: [1, 2, blocks, bs, Hkv, D]."""
-        x = F.linear(torch.cat([features.to(self.embed.dtype), self.embed[input_ids]], dim=-1),
-                     self.in_proj)
+        x = self.in_proj(torch.cat([features.to(self.embed.dtype), self.embed[input_ids]], dim=-1))
         return self.model.layers[0](x, self.rotary(positions), kv_cache[0], meta)  # [T, d]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [R, d] -> [R, Vd]
@@ -72,8 +71,7 @@ class EagleServingModel(nn.Module):
             for part, (fused, index) in _FUSED.items():
                 if f".{part}." in target:
                     target, shard = target.replace(part, fused), index
-            target = {"head.weight": "lm_head.weight", "fuse.weight": "fuse",
-                      "in_proj.weight": "in_proj"}.get(target, target)
+            target = {"head.weight": "lm_head.weight"}.get(target, target)
             if target not in params:
                 raise ValueError(f"EAGLE weight {name!r} has no place in the serving model")
             param = params[target]
