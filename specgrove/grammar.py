@@ -15,7 +15,8 @@ walks the tree depth-first on it (``fill_tree_bitmask``): fill the node's row, a
 token, visit the child, roll the token back (XGrammar's Earley-based matcher rolls back without
 limit). A draft token the grammar refuses is not entered: its subtree keeps an all-allowed row,
 which never decides an emitted token, because the target's token at the parent is grammatical
-and so never equals the refused child. The mask sets disallowed logits to ``-inf`` before
+and so never equals the refused child. The same walk prunes such tokens before the verify
+forward (``GrammarState.prune``), so a forbidden draft costs no verified node. The mask sets disallowed logits to ``-inf`` before
 temperature, top-k/p and the Gumbel noise, so greedy and sampled acceptance both see the masked
 ``p`` and the lossless rules of ``specgrove.sampling`` hold unchanged. Once the grammar is
 complete its mask allows only the end-of-sequence tokens, so the request ends with "stop".
@@ -71,9 +72,12 @@ def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def fill_tree_bitmask(matcher, tree: TokenTree, bitmask: torch.Tensor) -> None:
+def fill_tree_bitmask(matcher, tree: TokenTree, bitmask: torch.Tensor | None) -> list[int]:
     """Row ``u`` of ``bitmask`` ([N, ceil(V / 32)] int32, all ones on entry) := the tokens the
-    grammar allows after node ``u``'s history.
+    grammar allows after node ``u``'s history (``None``: fill nothing). Returns the grammatical
+    nodes in index order: the root and every node whose whole path the grammar accepts (an
+    end-of-sequence node included, not what hangs below it) -- the only nodes the target can
+    ever accept.
 
     ``matcher`` (an ``xgrammar.GrammarMatcher``) stands at the root's history: everything up to
     and including the root token (the pending token; at prefill the prompt's last token, which
@@ -81,7 +85,9 @@ def fill_tree_bitmask(matcher, tree: TokenTree, bitmask: torch.Tensor) -> None:
     node and any later node of its subtree the matcher only ever holds paths inside that
     subtree: rolling back to the parent's depth puts it at the parent's history.
     """
-    matcher.fill_next_token_bitmask(bitmask, 0)
+    if bitmask is not None:
+        matcher.fill_next_token_bitmask(bitmask, 0)
+    grammatical = [0]
     live = [False] * len(tree)  # the matcher can stand at this node (its row is filled)
     live[0] = True
     held = 0  # tokens the matcher holds beyond the root
@@ -96,13 +102,16 @@ def fill_tree_bitmask(matcher, tree: TokenTree, bitmask: torch.Tensor) -> None:
         if not matcher.accept_token(tree.token_ids[u]):
             continue  # a draft token the grammar refuses: the parent's target token never equals it
         held = depth
+        grammatical.append(u)
         # After an end-of-sequence token the grammar is complete and has no next-token mask;
         # whatever the tree holds below it is cut by the step loop at that token.
         if not matcher.is_terminated():
-            matcher.fill_next_token_bitmask(bitmask, u)
+            if bitmask is not None:
+                matcher.fill_next_token_bitmask(bitmask, u)
             live[u] = True
     if held:
         matcher.rollback(held)
+    return sorted(grammatical)
 
 
 def _preorder(tree: TokenTree) -> list[int]:
@@ -133,6 +142,15 @@ class GrammarState:
             if self.complete or not self.matcher.accept_token(t) or self.matcher.is_terminated():
                 self.complete = True
                 return
+
+    def prune(self, tree: TokenTree) -> tuple[TokenTree, list[int]]:
+        """``tree`` without the drafted tokens the grammar forbids (and what hangs below them),
+        so they never cost a verified node; and, per kept node, its index in ``tree``. Lossless:
+        a refused token never equals the target's grammatical pick at its parent."""
+        if self.complete or len(tree) == 1:
+            return tree, list(range(len(tree)))
+        kept = fill_tree_bitmask(self.matcher, tree, None)
+        return (tree if len(kept) == len(tree) else tree.subtree(kept)), kept
 
     def mask_(self, logits: torch.Tensor, tree: TokenTree | None) -> torch.Tensor:
         """Set the tokens the grammar forbids at each node to ``-inf`` in ``logits`` [N, V] (one

@@ -162,6 +162,22 @@ class ModelRunner:
             as_tensor = lambda x: torch.tensor(x, dtype=torch.int64, device=self.device)
             self.executor.apply_copies(as_tensor(src), as_tensor(dst))
 
+    def copy_prefixes(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Give each ``(source, twin)`` pair's twin (a sequence with no tokens yet) a copy of
+        the source's committed KV, committed, in one kernel call: a prefill of an equal prompt
+        without its forward."""
+        src: list[int] = []
+        dst: list[int] = []
+        for source, twin in pairs:
+            n = self.blocks.committed_len(source)
+            self.blocks.reserve(twin, n)
+            src += self.blocks.slots(source, 0, n)
+            dst += self.blocks.slots(twin, 0, n)
+            self.blocks.commit(twin, n)
+        if src:
+            as_tensor = lambda x: torch.tensor(x, dtype=torch.int64, device=self.device)
+            self.executor.apply_copies(as_tensor(src), as_tensor(dst))
+
     def _prepare(self, items: Sequence[ForwardItem], capture_layers: tuple[int, ...] = (),
                  hidden_out: bool = False) -> PreparedBatch:
         dev = self.device

@@ -87,6 +87,14 @@ class TokenTree:
             mask[i][i] = True
         return mask
 
+    def subtree(self, nodes: Sequence[int]) -> "TokenTree":
+        """The tree made of ``nodes`` (ascending, the root first, each node's parent among
+        them), renumbered in that order."""
+        index = {old: new for new, old in enumerate(nodes)}
+        parents = tuple(-1 if self.parents[u] < 0 else index[self.parents[u]] for u in nodes)
+        scores = None if self.scores is None else tuple(self.scores[u] for u in nodes)
+        return TokenTree(tuple(self.token_ids[u] for u in nodes), parents, scores)
+
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root to ``node`` inclusive."""
         path = []

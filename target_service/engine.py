@@ -83,17 +83,28 @@ class TargetEngine:
         for r, grammar in zip(requests, grammars):
             bm.add_sequence(r.seq_id)
             self._seqs[r.seq_id] = self._new_state(r, grammar)
+        # A request whose prompt repeats an earlier one's in this batch (the n choices of one
+        # request, or equal prompts) is that one's twin: one forward per distinct prompt, then
+        # the twin's KV is copied and it samples its own first token from the same logits.
+        row_of: dict[tuple, int] = {}  # (prompt, output count, feature layers) -> forward item
+        source = [row_of.setdefault((r.prompt_ids, r.num_output_tokens, r.feature_layers), len(row_of))
+                  for r in requests]
+        firsts = [requests[source.index(row)] for row in range(len(row_of))]
         items = [ForwardItem(r.seq_id, r.prompt_ids, range(len(r.prompt_ids)),
-                             capture=bool(r.feature_layers)) for r in requests]
+                             capture=bool(r.feature_layers)) for r in firsts]
         try:
             out, layers = self._forward(items)
         except BaseException:
             for r in requests:
                 self.release(r.seq_id)
             raise
-        self.runner.commit_many([(r.seq_id, len(r.prompt_ids), None) for r in requests])
+        self.runner.commit_many([(r.seq_id, len(r.prompt_ids), None) for r in firsts])
+        twins = [(firsts[row].seq_id, r.seq_id) for r, row in zip(requests, source)
+                 if r.seq_id != firsts[row].seq_id]
+        self.runner.copy_prefixes(twins)
         results = []
-        for i, (r, lg) in enumerate(zip(requests, out.logits)):
+        for r, row in zip(requests, source):
+            i, lg = row, out.logits[row]
             state = self._seqs[r.seq_id]
             # A root-only tree at the last prompt token: its "bonus" is the first new token.
             _, first = self._accept(TokenTree.root_only(0), lg, state, len(r.prompt_ids) - 1, prefill=True)
@@ -110,13 +121,17 @@ class TargetEngine:
             return []
         self._check_verify(items)
         bm = self.runner.blocks
+        # Structured output: drafted tokens the grammar forbids are dropped before the forward;
+        # kept[i][n] is node n's index in the tree as drafted (what accepted_nodes report).
+        pruned = [self._grammatical(it) for it in items]
+        trees, kept = [t for t, _ in pruned], [k for _, k in pruned]
         forward = []
-        for it in items:
+        for it, tree in zip(items, trees):
             base = bm.committed_len(it.seq_id)
             # A root-only tree (plain decoding) is causal: no mask, the fast attention path.
-            mask = it.tree.ancestor_mask() if len(it.tree) > 1 else None
+            mask = tree.ancestor_mask() if len(tree) > 1 else None
             forward.append(ForwardItem(
-                it.seq_id, it.tree.token_ids, it.tree.positions(base),
+                it.seq_id, tree.token_ids, tree.positions(base),
                 tree_mask=mask, all_logits=True, capture=bool(self._seqs[it.seq_id].feature_layers),
             ))
         try:
@@ -127,18 +142,19 @@ class TargetEngine:
             raise
         results, commits = [], []
         with telemetry.span("target.accept") as span:
-            for i, (it, lg) in enumerate(zip(items, out.logits)):
+            for i, (it, tree, lg) in enumerate(zip(items, trees, out.logits)):
                 state = self._seqs[it.seq_id]
-                path, bonus = self._accept(it.tree, lg, state, bm.committed_len(it.seq_id))
+                path, bonus = self._accept(tree, lg, state, bm.committed_len(it.seq_id))
                 commits.append((it.seq_id, len(path) + 1, [0] + path))
                 state.pending = bonus
-                tokens = tuple(it.tree.token_ids[n] for n in path)
+                tokens = tuple(tree.token_ids[n] for n in path)
                 state.history.extend(tokens + (bonus,))
                 features = self._features(out, layers, i, state, [0] + path)
                 # Rows [0] + path: the root's logits produced the first new token, each
                 # accepted node's the next one (the last node's, the bonus).
                 logprobs = token_logprobs(lg[[0] + path], list(tokens) + [bonus], state.sampling.logprobs)
-                results.append(VerifyResult(it.seq_id, tokens, bonus, tuple(path), features, logprobs))
+                results.append(VerifyResult(it.seq_id, tokens, bonus, tuple(kept[i][n] for n in path),
+                                            features, logprobs))
             if span is not None:
                 span.set_attribute("specgrove.accepted_tokens",
                                    sum(len(r.accepted_tokens) for r in results))
@@ -154,6 +170,14 @@ class TargetEngine:
         self.runner.blocks.free(seq_id)
 
     # --- internals ---------------------------------------------------------------------------
+    def _grammatical(self, item: VerifyItem) -> tuple[TokenTree, list[int]]:
+        """The item's tree without what its grammar forbids, and each kept node's index."""
+        history = self._seqs[item.seq_id].history
+        grammar = history.grammar if history is not None else None
+        if grammar is None:
+            return item.tree, list(range(len(item.tree)))
+        return grammar.prune(item.tree)
+
     def _forward(self, items: list[ForwardItem]) -> tuple[ForwardOutput, list[int]]:
         layers = sorted({l for it in items if it.capture for l in self._seqs[it.seq_id].feature_layers})
         with telemetry.span("target.forward") as span:

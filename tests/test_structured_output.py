@@ -2,6 +2,8 @@
 
 - the per-node mask of one depth-first walk equals each node's history replayed from scratch
   on a fresh matcher (draft tokens the grammar refuses and end-of-sequence included);
+- pruning keeps exactly the nodes whose whole path the grammar accepts, and the target's
+  forward runs only those, reporting accepted nodes by their index in the tree as drafted;
 - float64 logits, masked by unpacking the bits, equal XGrammar's kernel (float32);
 - greedy and seeded outputs under a JSON schema, a regex and a choice are identical with
   speculation on and off (n-gram lookup and a model drafter; static and dynamic trees; batches
@@ -137,6 +139,56 @@ def test_tree_walk_equals_each_nodes_history_replayed(compiler, tok, grammar):
         again = all_allowed(len(tree), VOCAB)
         fill_tree_bitmask(state.matcher, tree, again)
         assert torch.equal(again, bitmask)
+
+
+def _grammatical_replayed(compiled, output: list[int], path: list[int]) -> bool:
+    """Brute force: the grammar accepts every token of ``path`` after ``output``, none of
+    them after the grammar ended (a node below end-of-sequence is never emitted)."""
+    m = GrammarState(compiled, output).matcher
+    return all(not m.is_terminated() and m.accept_token(t) for t in path)
+
+
+@pytest.mark.parametrize("grammar", [JSON_SCHEMA, REGEX, CHOICE], ids=lambda g: g.kind)
+def test_pruning_keeps_exactly_the_grammatical_paths(compiler, tok, grammar):
+    compiled = compiler.compile(grammar)
+    ids = tok.encode({"json_schema": '{"ok": true, "color": "red", "n": 5}', "regex": "no, abcd!",
+                      "choice": "lazy dog"}[grammar.kind], add_special_tokens=False)
+    rng = random.Random(3)
+    for cut in range(1, len(ids) + 1):
+        output = ids[:cut]
+        tree = _random_tree(compiler, compiled, output, rng)
+        state = GrammarState(compiled, output)
+        pruned, kept = state.prune(tree)
+        expected = [u for u in range(len(tree))
+                    if _grammatical_replayed(compiled, output, [tree.token_ids[n] for n in tree.path_to(u)[1:]])]
+        assert kept == expected, cut
+        assert len(kept) < len(tree)  # every random tree holds a refused token
+        # The pruned tree is the same tree restricted to the kept nodes.
+        assert pruned.token_ids == tuple(tree.token_ids[u] for u in kept)
+        assert [kept[p] if p >= 0 else -1 for p in pruned.parents] == [tree.parents[u] for u in kept]
+        assert state.prune(tree)[1] == kept  # the matcher stands where it stood
+
+
+def test_the_target_verifies_only_grammatical_nodes(engines, tok, compiler, monkeypatch):
+    """Forbidden draft tokens cost no verified node; accepted_nodes index the tree as drafted."""
+    target, _ = engines
+    prompt = tuple(tok.encode("pick one"))
+    sampling = SamplingParams(grammar=CHOICE)
+    first = target.prefill([PrefillRequest(905, prompt, sampling), PrefillRequest(906, prompt, sampling)])[0].first_token
+    pick = target.verify([VerifyItem(906, TokenTree.root_only(first))])[0].bonus_token  # the target's choice
+    target.release(906)
+    allowed = _allowed(GrammarState(compiler.compile(CHOICE), [first]).matcher)
+    bad = next(t for t in range(VOCAB) if t not in allowed)
+    # Root, a forbidden child with a child of its own, then the target's grammatical pick.
+    tree = TokenTree((first, bad, pick, bad), (-1, 0, 0, 1))
+    seen = []
+    run = target.runner.run
+    monkeypatch.setattr(target.runner, "run",
+                        lambda items, **kw: seen.append([len(i.token_ids) for i in items]) or run(items, **kw))
+    res = target.verify([VerifyItem(905, tree)])[0]
+    target.release(905)
+    assert seen == [[2]]  # the root and the one grammatical child
+    assert res.accepted_nodes == (2,) and res.accepted_tokens == (pick,)
 
 
 def test_unpacked_mask_equals_xgrammars_kernel(compiler, tok):
