@@ -67,6 +67,8 @@ class SpeculationSpec(BaseModel):
     drafter: str | None = None
     tree: Union[str, TreeSpec, None] = None
     coupled: bool = True  # model drafts ranked by the request's sampling noise
+    # Drafters scored on this request's emitted tokens without drafting for it (gateway.shadow).
+    shadow: list[str] = Field(default_factory=list, max_length=8)
 
 
 class StreamOptions(BaseModel):
@@ -222,7 +224,7 @@ def invalid(exc: ValidationError) -> InvalidRequest:
 
 
 def speculation_of(spec: SpeculationSpec | None, default: TreeBudget, drafters: set[str]) -> tuple[str, TreeBudget]:
-    """(drafter name, budget) a request asks for; ("", off) when speculation is off."""
+    """(drafter name, budget) a request asks for; ("none", off) when speculation is off."""
     if spec is None:
         return "", default
     if spec.drafter == "none":
@@ -230,6 +232,22 @@ def speculation_of(spec: SpeculationSpec | None, default: TreeBudget, drafters: 
     if spec.drafter and spec.drafter not in drafters:
         raise InvalidRequest("speculation.drafter",
                              f"unknown drafter {spec.drafter!r}; loaded: {sorted(drafters)}")
+    return spec.drafter or "", tree_of(spec, default)
+
+
+def shadows_of(spec: SpeculationSpec | None, default: TreeBudget, drafters: set[str]) -> tuple[tuple[str, ...], TreeBudget]:
+    """The shadow drafters a request names and the tree they draft within (its ``tree``, else
+    the default one), whether or not the request itself speculates."""
+    if spec is None or not spec.shadow:
+        return (), tree_of(spec, default) if spec is not None else default
+    for i, name in enumerate(spec.shadow):
+        if name not in drafters:
+            raise InvalidRequest(f"speculation.shadow.{i}", f"unknown drafter {name!r}; loaded: {sorted(drafters)}")
+    return tuple(dict.fromkeys(spec.shadow)), tree_of(spec, default)
+
+
+def tree_of(spec: SpeculationSpec, default: TreeBudget) -> TreeBudget:
+    """The request's ``tree`` (either syntax), else ``default``."""
     budget = default
     if isinstance(spec.tree, str):  # one syntax everywhere: "4,2,2,1" static, "N:D[:K]" dynamic
         try:
@@ -243,7 +261,7 @@ def speculation_of(spec: SpeculationSpec | None, default: TreeBudget, drafters: 
                 raise InvalidRequest("speculation.tree", f"{invalid(exc)}") from exc
     elif isinstance(spec.tree, TreeSpec):
         budget = TreeBudget(max_nodes=spec.tree.nodes, max_depth=spec.tree.depth, top_k=spec.tree.top_k)
-    return spec.drafter or "", budget
+    return budget
 
 
 def job_spec(req: _Common, prompt_ids: list[int], info: TargetInfo, default_budget: TreeBudget,
@@ -264,9 +282,11 @@ def job_spec(req: _Common, prompt_ids: list[int], info: TargetInfo, default_budg
         raise InvalidRequest("max_tokens", f"{max_tokens} new tokens after {len(prompt_ids)} prompt "
                                            f"tokens exceed the context of {info.max_model_len}")
     drafter, budget = speculation_of(req.speculation, default_budget, drafters)
-    if budget.is_static and static_tree_size(budget.branching) > info.max_tree_nodes:
-        raise InvalidRequest("speculation.tree", f"{static_tree_size(budget.branching)} nodes "
-                                                 f"exceed the target's limit of {info.max_tree_nodes}")
+    shadow, shadow_budget = shadows_of(req.speculation, default_budget, drafters)
+    for b in (budget, shadow_budget):
+        if b.is_static and static_tree_size(b.branching) > info.max_tree_nodes:
+            raise InvalidRequest("speculation.tree", f"{static_tree_size(b.branching)} nodes "
+                                                     f"exceed the target's limit of {info.max_tree_nodes}")
     stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     min_tokens = req.min_tokens or 0
     if min_tokens > max_tokens:
@@ -287,7 +307,7 @@ def job_spec(req: _Common, prompt_ids: list[int], info: TargetInfo, default_budg
         raise InvalidRequest("stop_token_ids", f"token {bad} is outside the vocabulary of {info.vocab_size}")
     return JobSpec(tuple(prompt_ids), max_tokens, sampling, stops, drafter, budget,
                    adaptive=req.speculation is None, coupled=coupled, ignore_eos=req.ignore_eos,
-                   stop_token_ids=frozenset(req.stop_token_ids))
+                   stop_token_ids=frozenset(req.stop_token_ids), shadow=shadow, shadow_budget=shadow_budget)
 
 
 def prompts_of(req: CompletionRequest | ChatRequest, codec: TextCodec, vocab_size: int) -> list[list[int]]:

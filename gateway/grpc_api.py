@@ -57,7 +57,7 @@ def _as_request(msg: gateway_pb2.GenerateRequest):
                     else TreeSpec(nodes=t.max_nodes, depth=t.max_depth, top_k=t.top_k))
         coupled = sp.coupled if sp.HasField("coupled") else True
         common["speculation"] = SpeculationSpec(drafter="none" if sp.off else (sp.drafter or None),
-                                                tree=tree, coupled=coupled)
+                                                tree=tree, coupled=coupled, shadow=list(sp.shadow))
     if msg.WhichOneof("input") == "messages":
         return ChatRequest(messages=[ChatMessage(role=m.role, content=m.content)
                                      for m in msg.messages.messages],
@@ -91,7 +91,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Generate(self, request, context: grpc.aio.ServicerContext):
         await self.state.admit()
         if request.HasField("speculation"):
-            await self.state.know_drafter(request.speculation.drafter)
+            for name in (request.speculation.drafter, *request.speculation.shadow):
+                await self.state.know_drafter(name)
         try:
             job = self._submit(request)
         except InvalidRequest as exc:

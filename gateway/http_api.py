@@ -180,7 +180,8 @@ async def _generate(state: GatewayState, request: Request, model_cls):
             return error(400, f"unknown model {req.model!r}; this server serves "
                               f"{', '.join(repr(n) for n in state.model_names)}", "model", "model_not_found")
         prompts = prompts_of(req, state.codec, state.info.vocab_size)
-        await state.know_drafter(req.speculation.drafter if req.speculation else None)
+        for name in ([req.speculation.drafter, *req.speculation.shadow] if req.speculation else []):
+            await state.know_drafter(name)
         default_max = state.cfg.default_max_tokens if model_cls is CompletionRequest else None
         chat = model_cls is ChatRequest
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]

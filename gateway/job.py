@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.shadow import ShadowTrack
 from gateway.text import IncrementalDecoder, StopMatcher, TextCodec
 from specgrove.types import MAX_FEATURE_ROWS, Features, SamplingParams, TokenLogprob, TreeBudget
 
@@ -29,6 +30,8 @@ class JobSpec:
     coupled: bool = True  # model drafts ranked by the request's sampling noise (never changes output)
     ignore_eos: bool = False  # keep generating past end-of-sequence tokens (up to max_tokens)
     stop_token_ids: frozenset[int] = frozenset()  # more tokens that end the request (not shown as text)
+    shadow: tuple[str, ...] = ()  # drafters scored on this request without drafting for it
+    shadow_budget: TreeBudget = TreeBudget.off()  # the tree a shadow drafter proposes within
     request_id: str = ""  # the response's id, for traces
     operation: str = "text_completion"  # or "chat" (the GenAI semantic conventions' names)
 
@@ -103,6 +106,8 @@ class Job:
         self.draft_synced = False  # the draft service holds this sequence's history
         self.feature_layers: tuple[int, ...] = ()  # target features its drafter needs (EAGLE)
         self.unsent_features: Features | None = None  # target features the draft has not had
+        self.shadows: list[ShadowTrack] = []  # shadow drafters following it (gateway.shadow)
+        self.shadows_scored = asyncio.Event()  # set once the step loop is done with it
         self.created = time.monotonic()
         self.first_token_at: float | None = None  # monotonic times, for TTFT / TPOT
         self.last_token_at: float | None = None

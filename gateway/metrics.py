@@ -47,6 +47,18 @@ class GatewayMetrics:
         self.accepted_per_pos = Counter(PREFIX + "spec_decode_num_accepted_tokens_per_pos",
                                         "Accepted draft tokens by position in the accepted path (0 = first).",
                                         ["drafter", "position"], registry=r)
+        # Shadow drafters (gateway.shadow): the same counts for what they would have done.
+        self.shadow_drafts = Counter(PREFIX + "shadow_num_drafts",
+                                     "Steps a shadow drafter would have taken (one per tree scored).",
+                                     by_drafter, registry=r)
+        self.shadow_draft_tokens = Counter(PREFIX + "shadow_num_draft_tokens",
+                                           "Draft tokens a shadow drafter proposed.", by_drafter, registry=r)
+        self.shadow_accepted_tokens = Counter(PREFIX + "shadow_num_accepted_tokens",
+                                              "Shadow draft tokens the emitted tokens accept.",
+                                              by_drafter, registry=r)
+        self.shadow_accepted_per_pos = Counter(PREFIX + "shadow_num_accepted_tokens_per_pos",
+                                               "Accepted shadow draft tokens by position (0 = first).",
+                                               ["drafter", "position"], registry=r)
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds",
                               "Time from submission to the first generated token.",
                               buckets=_LATENCY_BUCKETS, registry=r)
@@ -106,6 +118,14 @@ class GatewayMetrics:
             per_pos.append(self.accepted_per_pos.labels(drafter, str(len(per_pos))))
         for pos in range(accepted):
             per_pos[pos].inc()
+
+    def shadow_step(self, drafter: str, drafted: int, accepted: int) -> None:
+        """One step a shadow drafter would have taken (``gateway.shadow``)."""
+        self.shadow_drafts.labels(drafter).inc()
+        self.shadow_draft_tokens.labels(drafter).inc(drafted)
+        self.shadow_accepted_tokens.labels(drafter).inc(accepted)
+        for pos in range(accepted):
+            self.shadow_accepted_per_pos.labels(drafter, str(pos)).inc()
 
     def _by_drafter(self, drafter: str) -> tuple:
         # ``labels()`` validates and locks on every call: the step loop calls this per sequence

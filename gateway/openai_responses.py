@@ -30,7 +30,22 @@ def stats(state: GatewayState, job: Job) -> dict:
             "mean_acceptance_length": round(st.mean_acceptance_length, 4),
             "max_batch_size": st.max_batch_size,
             "drafter": eff.drafter, "tree": eff.tree_json(),
-            "seed": job.spec.sampling.seed}
+            "seed": job.spec.sampling.seed} | _shadow_stats(job)
+
+
+def _shadow_stats(job: Job) -> dict:
+    """The shadow drafters the request named, each with what it would have done on it."""
+    asked = set(job.spec.shadow)
+    tracks = [t for t in job.shadows if t.drafter in asked]
+    return {"shadow": {t.drafter: t.stats.as_json() for t in tracks}} if asked else {}
+
+
+async def _shadows_scored(jobs: Sequence[Job]) -> None:
+    """Wait until the step loop has scored the jobs' shadows to the end of their outputs (it
+    does so right after their last step) before their stats are reported."""
+    for j in jobs:
+        if j.spec.shadow:
+            await j.shadows_scored.wait()
 
 
 def usage(jobs: Sequence[Job], n: int) -> dict:
@@ -60,6 +75,7 @@ async def whole(state: GatewayState, jobs: Sequence[Job], n: int, rid: str, chat
     failed = next((r.error for r in results if r.error is not None), None)
     if failed is not None:
         return error(failed.status, failed.message)
+    await _shadows_scored(jobs)
     choices = []
     for i, (job, done) in enumerate(zip(jobs, results)):
         text, reason = (echo[i] if echo else "") + done.text, done.finish_reason
@@ -117,6 +133,7 @@ async def sse(state: GatewayState, jobs: Sequence[Job], n: int, rid: str, chat: 
                     yield chunk([choice(i, ev.text, None, ev.logprobs)])
             elif isinstance(ev, Finished):
                 open_choices -= 1
+                await _shadows_scored([jobs[i]])
                 extra = {"specgrove": stats(state, jobs[i])}
                 yield chunk([choice(i, None, ev.reason)], **extra)
             else:

@@ -30,6 +30,7 @@ from typing import Sequence
 from gateway.job import Failed, Job, JobSpec
 from gateway.metrics import GatewayMetrics
 from gateway.observe import Observer
+from gateway.shadow import ShadowTrack
 from gateway.speculation import Proposer, StepDraft
 from gateway.text import TextCodec
 from specgrove.errors import InvalidRequest, ResourceExhausted, ServiceError
@@ -45,6 +46,7 @@ class SchedulerConfig:
     max_waiting: int = 256  # queued requests beyond which new ones get 429
     draft_retry_s: float = 5.0  # how long to decode without the draft service after a failure
     adaptive_speculation: bool = True  # skip default speculation in steps where it would lose
+    shadow_drafters: tuple[str, ...] = ()  # scored on every request besides its own ``shadow`` list
 
 
 class Overloaded(RuntimeError):
@@ -62,6 +64,7 @@ class Orchestrator:
         self.cfg, self.target, self.draft, self.codec, self.info = cfg, target, draft, codec, info
         self.obs = observer or Observer(None, GatewayMetrics(), info.model, info.total_blocks)
         self.proposer = Proposer(draft, info, cfg.adaptive_speculation, cfg.draft_retry_s)
+        self.proposer.on_shadow_step = self.obs.metrics.shadow_step
         eos = {codec.eos_token_id} if codec is not None and codec.eos_token_id is not None else set()
         self.stop_ids = frozenset(info.eos_token_ids) | eos
         self.waiting: deque[Job] = deque()
@@ -84,6 +87,9 @@ class Orchestrator:
         # so that any request can be replayed exactly.
         spec = replace(spec, sampling=spec.sampling.seeded())
         job = Job(next(self._ids), spec, self.codec, self.stop_ids)
+        if spec.shadow_budget.speculates:  # each shadow is a draft sequence of its own
+            job.shadows = [ShadowTrack(name, next(self._ids), len(spec.prompt_ids))
+                           for name in dict.fromkeys(spec.shadow + self.cfg.shadow_drafters)]
         self.obs.request_started(job, trace_parent)
         self.waiting.append(job)
         self._wake.set()
@@ -173,6 +179,8 @@ class Orchestrator:
                 finished.append(job)
         self.obs.step_done(span, [d.tree for d in drafts], [d.label for d in drafts], results,
                            self.target.free_blocks)
+        self.proposer.score_shadows(jobs)
+        await self.proposer.flush_shadows([j for j in finished if j.done])  # not the cancelled
         await self._release(finished)
 
     # --- joining the batch ---------------------------------------------------------------------
@@ -248,14 +256,19 @@ class Orchestrator:
         for j in jobs:
             if j.cancelled:
                 j.finish(Failed(499, "cancelled by the client"))
+            j.shadows_scored.set()
         self.free_blocks = await self.target.release([j.seq_id for j in jobs])
-        await self._release_drafts([j for j in jobs if j.draft_synced])
+        await self._release_drafts(jobs)
 
-    async def _release_drafts(self, jobs: Sequence[Job]) -> None:
-        if not jobs:
+    async def _release_drafts(self, jobs: Sequence[Job], shadows: bool = True) -> None:
+        """The jobs' draft sequences, and their shadows' unless ``shadows`` is False (a
+        preempted job keeps its shadows: they do not depend on the target)."""
+        ids = [j.seq_id for j in jobs if j.draft_synced]
+        ids += [t.draft_id for j in jobs for t in j.shadows if t.synced] if shadows else []
+        if not ids:
             return
         try:
-            await self.draft.release([j.seq_id for j in jobs])
+            await self.draft.release(ids)
         except ServiceError:
             pass  # the draft service forgets everything when it restarts anyway
 
@@ -264,7 +277,7 @@ class Orchestrator:
         log.info("KV cache full: preempting sequence %d", job.seq_id)
         self.running.remove(job)
         self.free_blocks = await self.target.release([job.seq_id])
-        await self._release_drafts([job] if job.draft_synced else [])
+        await self._release_drafts([job], shadows=False)
         job.seq_id = next(self._ids)  # a fresh id: the old one may still be cached elsewhere
         self.waiting.appendleft(job)
 
@@ -277,10 +290,11 @@ class Orchestrator:
         jobs, self.running = self.running, []
         for job in jobs:
             job.finish(Failed(status, message))
+            job.shadows_scored.set()
         try:
             self.free_blocks = await self.target.release([j.seq_id for j in jobs])
         except ServiceError:
             pass  # a target that died forgot them; one that answers frees their blocks
         # The draft service outlives a target failure: without this its sequences would leak.
-        await self._release_drafts([j for j in jobs if j.draft_synced])
+        await self._release_drafts(jobs)
         await asyncio.sleep(0.05)

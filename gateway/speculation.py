@@ -15,10 +15,11 @@ import enum
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from gateway.controller import SpeculationController
 from gateway.job import Job
+from gateway.shadow import ShadowTrack
 from specgrove.errors import ServiceError
 from specgrove.ports import DraftPort
 from specgrove.tree import TokenTree
@@ -85,6 +86,8 @@ class Proposer:
         # Sequences a failed draft call may have left registered (a timeout on a live service):
         # released at the next contact, before any of them is prefilled again.
         self.unsure: set[int] = set()
+        # Where scored shadow steps go (the gateway's metrics): (drafter, drafted, accepted).
+        self.on_shadow_step: Callable[[str, int, int], None] = lambda drafter, drafted, accepted: None
 
     def use_drafters(self, infos: Sequence[DrafterInfo]) -> None:
         """What the draft service has loaded (refreshed by the gateway)."""
@@ -101,10 +104,56 @@ class Proposer:
         budgets = {j.seq_id: self.budget(j) for j in jobs}
         reasons = self._root_only_reasons(jobs, budgets)
         drafting = [j for j in jobs if reasons[j.seq_id] is None]
+        shadows = self._shadow_calls(jobs)
         drafted: dict[int, StepDraft] = {}
-        if drafting:
-            drafted = await self._draft(drafting, budgets)
+        if drafting or shadows:
+            drafted = await self._draft(drafting, budgets, shadows)
         return [drafted.get(j.seq_id) or self._root_only(j, reasons[j.seq_id]) for j in jobs]
+
+    # --- shadow drafting (gateway.shadow) --------------------------------------------------------
+    def score_shadows(self, jobs: Sequence[Job]) -> None:
+        """After a step: score the shadow trees its tokens decide."""
+        for job in jobs:
+            for track in job.shadows:
+                step = track.score(job.tokens, job.done)
+                if step is not None:
+                    self.on_shadow_step(track.drafter, *step)
+
+    async def flush_shadows(self, jobs: Sequence[Job]) -> None:
+        """Finished jobs: let their shadows catch up to the end of the output (a draft call per
+        round, shadows only), so that their stats cover the whole request."""
+        while True:
+            calls = self._shadow_calls(jobs)
+            if not calls:
+                return
+            await self._draft([], {}, calls)
+            self.score_shadows(jobs)
+
+    def _shadow_calls(self, jobs: Sequence[Job]) -> list[tuple[ShadowTrack, DraftPrefill | None, ProposeRequest]]:
+        """The draft calls of every shadow whose next root is out. A clamped budget that cannot
+        speculate is a root-only step, as a live one would be, scored at once without a call."""
+        if time.monotonic() < self.draft_down_until:
+            return []
+        calls = []
+        for job in jobs:
+            for track in job.shadows:
+                if track.drafter not in self.drafter_layers or self.drafter_layers[track.drafter]:
+                    track.stopped = True  # unloaded, or a feature drafter (not shadowed)
+                while track.wants_tree(len(job.tokens), job.done):
+                    budget = self._shadow_budget(job, track)
+                    if budget.speculates:
+                        calls.append((track, *track.request(job.history, budget, job.spec.coupled,
+                                                            job.spec.sampling)))
+                        break
+                    track.record(0, 0)
+                    self.on_shadow_step(track.drafter, 0, 0)
+        return calls
+
+    def _shadow_budget(self, job: Job, track: ShadowTrack) -> TreeBudget:
+        """The budget a live step at the shadow's root would have had."""
+        return job.spec.shadow_budget.clamped(job.spec.max_tokens - track.root - 1,
+                                              self.info.max_model_len - track.prompt_len - track.root,
+                                              self.info.max_tree_nodes)
 
     @staticmethod
     def _root_only(job: Job, reason: RootOnly | None) -> StepDraft:
@@ -155,21 +204,25 @@ class Proposer:
         drafters = sorted({j.spec.drafter for j in jobs if reasons[j.seq_id] is None and j.spec.adaptive})
         return self.controller.should_speculate(len(jobs), nodes, drafters)
 
-    async def _draft(self, jobs: Sequence[Job], budgets: dict[int, TreeBudget]) -> dict[int, StepDraft]:
+    async def _draft(self, jobs: Sequence[Job], budgets: dict[int, TreeBudget],
+                     shadows: Sequence[tuple[ShadowTrack, DraftPrefill | None, ProposeRequest]] = ()
+                     ) -> dict[int, StepDraft]:
+        """One ``Propose`` for the drafting jobs and the shadows' trees (registrations first)."""
         started = time.monotonic()
         try:
             if self.unsure:
                 await self.draft.release(sorted(self.unsure))
                 self.unsure.clear()
             unsynced = [j for j in jobs if not j.draft_synced]
-            if unsynced:  # new jobs, or all of them after the draft service came back
+            registrations = [p for _, p, _ in shadows if p is not None]
+            if unsynced or registrations:  # new jobs, or all of them after the draft service came back
                 await self.draft.prefill([DraftPrefill(j.seq_id, tuple(j.history), j.spec.sampling,
-                                                       j.take_features()) for j in unsynced])
+                                                       j.take_features()) for j in unsynced] + registrations)
                 for j in unsynced:
                     j.draft_synced, j.new_tokens = True, ()
             props = await self.draft.propose([
                 ProposeRequest(j.seq_id, j.new_tokens, budgets[j.seq_id], j.spec.drafter,
-                               j.spec.coupled, j.take_features()) for j in jobs])
+                               j.spec.coupled, j.take_features()) for j in jobs] + [r for _, _, r in shadows])
         except ServiceError as exc:
             log.warning("draft service failed (%s): decoding without speculation for %.0fs",
                         exc, self.draft_retry_s)
@@ -177,9 +230,15 @@ class Proposer:
             for j in jobs:
                 j.draft_synced = False
             self.unsure.update(j.seq_id for j in jobs)
+            for track, _, req in shadows:  # its draft state is unknown now: the shadow ends
+                track.stopped = True
+                self.unsure.add(req.seq_id)
             return {}
-        if not unsynced:  # a first draft (prefill, catch-up over the prompt) is no steady-state cost
+        if not unsynced and jobs:  # a first draft (prefill, catch-up over the prompt) is no steady-state cost
             self.controller.observe_draft(time.monotonic() - started)
         for j in jobs:
             j.new_tokens = ()
-        return {p.seq_id: StepDraft(p.tree, p.drafter) for p in props}
+        trees = {p.seq_id: p for p in props}
+        for track, _, req in shadows:
+            track.take_tree(trees.pop(req.seq_id).tree)
+        return {seq_id: StepDraft(p.tree, p.drafter) for seq_id, p in trees.items()}

@@ -125,6 +125,9 @@ def draft(**opts) -> None:
               help="Skip the default speculation in steps where measured costs say it loses.")
 @click.option("--default-tree", default="8:4", show_default=True,
               help="Default speculation: NODES:DEPTH[:TOP_K] (dynamic) or a static shape 4,2,2,1.")
+@click.option("--shadow-drafter", "shadow_drafters", multiple=True, metavar="NAME",
+              help="Score this loaded drafter on every request's output without drafting for it "
+                   "(repeatable; metrics specgrove:shadow_*).")
 @click.option("--drain-timeout", "grace_s", default=30.0, show_default=True, type=float,
               help="On SIGTERM: seconds to let in-flight requests finish.")
 @click.option("--log-level", default="INFO", show_default=True)
@@ -136,6 +139,7 @@ def draft(**opts) -> None:
 def gateway(**opts) -> None:
     """Run the gateway: OpenAI REST + SSE and gRPC streaming over the draft/target services."""
     opts["api_keys"], opts["admin_keys"] = tuple(opts["api_keys"]), tuple(opts["admin_keys"])
+    opts["shadow_drafters"] = tuple(opts["shadow_drafters"])
     _serve(serve_cmds.run_gateway, opts)
 
 
@@ -185,6 +189,9 @@ def gateway(**opts) -> None:
               help="Gateway: admission rate limit (0 = none).")
 @click.option("--adaptive-speculation/--no-adaptive-speculation", default=True, show_default=True,
               help="Gateway: skip the default speculation in steps where it would lose.")
+@click.option("--shadow-drafter", "shadow_drafters", multiple=True, metavar="NAME",
+              help="Gateway: score this loaded drafter on every request's output without drafting for it "
+                   "(repeatable; metrics specgrove:shadow_*).")
 @click.option("--chat-template", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Gateway: a Jinja chat template file [the tokenizer's].")
 @click.option("--log-level", default="INFO", show_default=True)
@@ -200,6 +207,7 @@ def up(**opts) -> None:
     opts["allow_drafters"] = tuple(opts["allow_drafters"])
     opts["served_model_names"] = tuple(opts["served_model_names"])
     opts["drafters"] = tuple(opts["drafters"])
+    opts["shadow_drafters"] = tuple(opts["shadow_drafters"])
     vllm = opts.pop("speculative_config")
     if vllm is not None:
         from specgrove.cli.speculative_config import parse

@@ -158,7 +158,8 @@ def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, p
 
 def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, tokenizer: str | None,
                 api_keys: tuple[str, ...], admin_keys: tuple[str, ...], service_token: str, max_batch: int, max_waiting: int, default_tree: str,
-                max_requests_per_second: int, adaptive_speculation: bool, grace_s: float,
+                max_requests_per_second: int, adaptive_speculation: bool, shadow_drafters: tuple[str, ...],
+                grace_s: float,
                 log_level: str, served_model_names: tuple[str, ...], disable_log_requests: bool,
                 log_stats_interval_s: float, chat_template: str | None, **tracing) -> None:
     tls = _tls(tracing)
@@ -171,7 +172,8 @@ def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, t
     cfg = GatewayConfig(target, draft, host, port, grpc_port, tokenizer,
                         parse_tree_option(default_tree),
                         scheduler=SchedulerConfig(max_batch, max_waiting,
-                                                  adaptive_speculation=adaptive_speculation),
+                                                  adaptive_speculation=adaptive_speculation,
+                                                  shadow_drafters=tuple(shadow_drafters)),
                         api_keys=api_keys, admin_keys=admin_keys, service_token=service_token,
                         max_requests_per_second=max_requests_per_second, grace_s=grace_s,
                         telemetry=_telemetry(tracing), tls=tls,

@@ -77,6 +77,7 @@ class UpConfig:
     max_waiting: int = 256  # gateway
     max_requests_per_second: int = 0  # gateway
     adaptive_speculation: bool = True  # gateway
+    shadow_drafters: tuple[str, ...] = ()  # gateway
     chat_template: str | None = None  # gateway
     log_level: str = "INFO"  # all three
 
@@ -129,6 +130,7 @@ def _commands(cfg: UpConfig, tls: TlsConfig | None = None) -> dict[str, list[str
                           "--max-requests-per-second", str(cfg.max_requests_per_second),
                           "--log-level", cfg.log_level,
                           *([] if cfg.adaptive_speculation else ["--no-adaptive-speculation"]),
+                          *[x for n in cfg.shadow_drafters for x in ("--shadow-drafter", n)],
                           *(["--chat-template", os.path.abspath(cfg.chat_template)] if cfg.chat_template else []),
                           *tls_args, *_tracing(cfg, "gateway")],
     }

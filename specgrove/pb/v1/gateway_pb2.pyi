@@ -17,18 +17,20 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class Speculation(_message.Message):
-    __slots__ = ("drafter", "tree", "off", "coupled", "tree_spec")
+    __slots__ = ("drafter", "tree", "off", "coupled", "tree_spec", "shadow")
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     TREE_FIELD_NUMBER: _ClassVar[int]
     OFF_FIELD_NUMBER: _ClassVar[int]
     COUPLED_FIELD_NUMBER: _ClassVar[int]
     TREE_SPEC_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     drafter: str
     tree: _common_pb2.TreeBudget
     off: bool
     coupled: bool
     tree_spec: str
-    def __init__(self, drafter: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.TreeBudget, _Mapping]] = ..., off: _Optional[bool] = ..., coupled: _Optional[bool] = ..., tree_spec: _Optional[str] = ...) -> None: ...
+    shadow: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, drafter: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.TreeBudget, _Mapping]] = ..., off: _Optional[bool] = ..., coupled: _Optional[bool] = ..., tree_spec: _Optional[str] = ..., shadow: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("model", "prompt", "messages", "max_tokens", "sampling", "stop", "speculation", "request_id")
