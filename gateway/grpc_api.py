@@ -110,6 +110,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                     yield gateway_pb2.GenerateResponse(request_id=rid, error=ev.message)
                     return
                 if isinstance(ev, Finished):
+                    if job.spec.shadow:
+                        await job.shadows_scored.wait()  # scored to the end right after the last step
                     yield self._last(job, rid, ev.reason)
                     return
                 msg = gateway_pb2.GenerateResponse(request_id=rid, text=ev.text, token_ids=ev.token_ids,
@@ -131,7 +133,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             speculation=gateway_pb2.SpeculationStats(
                 steps=st.steps, drafted_tokens=st.drafted_tokens, accepted_tokens=st.accepted_tokens,
                 mean_acceptance_length=st.mean_acceptance_length, max_batch_size=st.max_batch_size),
-            effective=self._effective(job), seed=job.spec.sampling.seed)
+            effective=self._effective(job), seed=job.spec.sampling.seed,
+            shadow={t.drafter: gateway_pb2.SpeculationStats(
+                steps=t.stats.steps, drafted_tokens=t.stats.drafted_tokens, accepted_tokens=t.stats.accepted_tokens,
+                mean_acceptance_length=t.stats.mean_acceptance_length)
+                for t in job.shadows if t.drafter in job.spec.shadow})
 
     def _effective(self, job: Job) -> gateway_pb2.EffectiveSpeculation:
         eff = effective_speculation(job, self.state.default_drafter)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import grpc
 import httpx
 import pytest
 
@@ -19,6 +20,7 @@ from draft_service.drafters.model import ModelDrafter
 from draft_service.drafters.ngram import NgramDrafter
 from draft_service.engine import DraftEngine
 from gateway.shadow import ShadowStats, accepted_along
+from specgrove.pb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from specgrove.tree import TokenTree
 from specgrove.types import SamplingParams, TreeBudget
 from tests.gateway_stack import running_stack
@@ -93,6 +95,14 @@ def test_a_shadow_for_the_whole_gateway_and_per_request_over_rest(tiny_dirs):
         bad = httpx.post(stack["http"] + "/v1/completions", timeout=60,
                          json={**body, "speculation": {"shadow": ["nope"]}})
         assert bad.status_code == 400 and "speculation.shadow.0" in bad.json()["error"]["message"]
+        # gRPC: Speculation.shadow, the stats in the last message.
+        req = gateway_pb2.GenerateRequest(
+            model=stack["model"], prompt=body["prompt"], max_tokens=24,
+            sampling=common_pb2.SamplingParams(temperature=0.8, seed=5),
+            speculation=gateway_pb2.Speculation(off=True, tree_spec="2,2", shadow=["small"]))
+        with grpc.insecure_channel(stack["grpc"]) as ch:
+            last = list(gateway_pb2_grpc.GatewayStub(ch).Generate(req, timeout=60))[-1]
+        assert last.shadow["small"].steps >= 1 and last.shadow["small"].drafted_tokens > 0
 
 
 def test_shadow_stats_json_names_the_requests_terms():
