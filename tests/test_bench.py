@@ -41,3 +41,22 @@ def test_bench_start_writes_the_report(tiny_dirs, tmp_path):
     assert "| chain | 2 |" in report and "Per category" in report
     for png in ("speedup_vs_concurrency.png", "acceptance_per_position.png", "tau_per_category.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_llama_cpp_peer_is_refused_before_any_run_without_llama_cpp_python(tmp_path, monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from specgrove.cli.bench_peers import check_peers, gguf_of
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    with pytest.raises(ValueError, match="pip install llama-cpp-python"):
+        check_peers(("hf", "llama.cpp"))
+    check_peers(("hf", "hf-assisted"))  # the others need nothing more
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert gguf_of(str(gguf)) == str(gguf)
+    with pytest.raises(ValueError, match="needs a GGUF model"):
+        gguf_of(str(tmp_path))

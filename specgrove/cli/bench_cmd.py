@@ -74,6 +74,7 @@ def run_bench(opts: BenchOptions) -> dict:
     from tqdm import tqdm
 
     from specgrove.cli import bench_report
+    from specgrove.cli.bench_peers import check_peers
     from specgrove.cli.bench_run import DEFAULT_PROMPTS, DEFAULT_SETTINGS, Bench, Setting, load_prompts
 
     if opts.url is None and not opts.start:
@@ -86,6 +87,7 @@ def run_bench(opts: BenchOptions) -> dict:
     if baseline not in names:
         raise click.UsageError(f"--baseline {baseline!r} is not one of {names}")
     rows = load_prompts(opts.prompts or DEFAULT_PROMPTS)[:opts.limit]
+    check_peers(opts.peers)
     with _gateway(opts) as url:
         headers = {"authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
         model = httpx.get(url + "/v1/models", headers=headers, timeout=30).json()["data"][0]["id"]
@@ -98,10 +100,10 @@ def run_bench(opts: BenchOptions) -> dict:
                     for setting in settings:  # settings take turns: drift hits them alike
                         runs.append(asyncio.run(bench.run(rows, setting, conc, repeat, progress)))
             if opts.peers:
-                from specgrove.cli.bench_peers import hf_runs
+                from specgrove.cli.bench_peers import peer_runs
 
                 for peer in opts.peers:  # in this process, after the gateway's runs, at batch 1
-                    runs += hf_runs(model, rows, peer, opts.max_tokens, opts.temperature, opts.repeats, progress)
+                    runs += peer_runs(model, rows, peer, opts.max_tokens, opts.temperature, opts.repeats, progress)
     meta = {"model": model, "prompts": len(rows), "max_tokens": opts.max_tokens,
             "temperature": opts.temperature, "repeats": opts.repeats,
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "python": platform.python_version()}

@@ -34,9 +34,10 @@ from specgrove.cli.fail import fail
 @click.option("--seed", default=None, type=int, help="Seed every request (sampled runs replay exactly).")
 @click.option("--api-key", default=None, envvar="SPECGROVE_API_KEY", show_envvar=True)
 @click.option("--limit", default=None, type=int, help="Use only the first N prompts.")
-@click.option("--peer", "peers", multiple=True, type=click.Choice(["hf", "hf-assisted"]),
-              help="Also run Hugging Face generate (hf) or its prompt-lookup assisted generation "
-                   "(hf-assisted) on the same prompts at batch 1, in this process (repeatable).")
+@click.option("--peer", "peers", multiple=True, type=click.Choice(["hf", "hf-assisted", "llama.cpp"]),
+              help="Also run Hugging Face generate (hf), its prompt-lookup assisted generation "
+                   "(hf-assisted) or llama.cpp on the model's GGUF (llama.cpp; needs "
+                   "llama-cpp-python) on the same prompts at batch 1, in this process (repeatable).")
 @click.option("--out", default="bench-results", show_default=True, type=click.Path(file_okay=False),
               help="Directory for results.json, report.md and the plots.")
 def bench(**opts) -> None:
