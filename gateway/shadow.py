@@ -13,7 +13,7 @@ The shadow is a sequence of its own in the draft service (its own id, registered
 history up to its root and the request's seed, so coupled model drafts are the live ones), and
 its trees are asked for in the same ``Propose`` call as the live drafts. A tree waits until the
 emitted tokens decide it (its depth, or the end of the output); a shadow that falls behind the
-live sequence catches up when the request ends (``ShadowTrack.flush`` rounds). Budgets are
+live sequence catches up when the request ends (``Proposer.flush_shadows``). Budgets are
 clamped as a live step's would be at that root, so the last steps match too. Feature drafters
 (EAGLE heads) are not shadowed: their features would have to follow the shadow's position.
 """
@@ -45,7 +45,6 @@ class ShadowStats:
     steps: int = 0  # verify steps a live run with the drafter would have taken
     drafted_tokens: int = 0
     accepted_tokens: int = 0
-    accepted_per_pos: list[int] = field(default_factory=list)  # steps that accepted > pos nodes
 
     @property
     def mean_acceptance_length(self) -> float:
@@ -110,8 +109,4 @@ class ShadowTrack:
         s.steps += 1
         s.drafted_tokens += drafted
         s.accepted_tokens += accepted
-        while len(s.accepted_per_pos) < accepted:
-            s.accepted_per_pos.append(0)
-        for pos in range(accepted):
-            s.accepted_per_pos[pos] += 1
         self.root += accepted + 1
