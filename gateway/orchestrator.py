@@ -123,7 +123,13 @@ class Orchestrator:
         try:
             self.proposer.use_drafters(await self.draft.list_drafters())
         except ServiceError:
-            pass  # keep what is known; the draft service may be starting or down
+            return  # keep what is known; the draft service may be starting or down
+        layers = self.proposer.drafter_layers
+        for name in self.cfg.shadow_drafters:  # say why a --shadow-drafter stays silent
+            if name not in layers:
+                log.warning("shadow drafter %r is not loaded on the draft service: not scored", name)
+            elif layers[name]:
+                log.warning("shadow drafter %r needs target features (EAGLE): not shadowed", name)
 
     async def _loop(self) -> None:
         await self.refresh_drafters()

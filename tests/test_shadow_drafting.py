@@ -109,3 +109,18 @@ def test_shadow_stats_json_names_the_requests_terms():
     stats = ShadowStats(steps=4, drafted_tokens=12, accepted_tokens=6)
     assert stats.as_json() == {"steps": 4, "drafted_tokens": 12, "accepted_tokens": 6,
                                "mean_acceptance_length": 2.5}
+
+
+def test_gateway_wide_shadows_follow_every_request_and_unknown_ones_are_named(engines, caplog):
+    from gateway.offline import OFFLINE
+
+    target, drafts = engines
+    spec = request(PROMPTS[0], 12, SamplingParams(), shadow_budget=TreeBudget(branching=(2, 1)))
+    live = generate(target, drafts, [replace(spec, drafter="ngram", budget=TreeBudget(branching=(2, 1)))])[0]
+    with caplog.at_level("WARNING", logger="specgrove.gateway"):
+        (out,) = generate(target, drafts, [spec], cfg=replace(OFFLINE, shadow_drafters=("nope", "ngram")))
+    nope, ngram = out.job.shadows
+    assert (ngram.stats.steps, ngram.stats.accepted_tokens) == (live.stats.steps, live.stats.accepted_tokens)
+    assert nope.stopped and nope.stats.steps == 0
+    assert "shadow drafter 'nope' is not loaded" in caplog.text
+    assert drafts.num_sequences == 0
