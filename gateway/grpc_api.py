@@ -38,7 +38,7 @@ def _as_request(msg: gateway_pb2.GenerateRequest):
                   repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else 1.0,
                   min_p=s.min_p, min_tokens=s.min_tokens,
                   logit_bias={str(k): v for k, v in s.logit_bias.items()} or None,
-                  stop_token_ids=list(s.stop_token_ids))
+                  stop_token_ids=list(s.stop_token_ids), ignore_eos=msg.ignore_eos)
     kind = s.grammar.WhichOneof("kind")
     if kind is not None:  # as vLLM's structured_outputs: one path of checks with REST
         value = list(s.grammar.choice.options) if kind == "choice" else getattr(s.grammar, kind)

@@ -119,6 +119,20 @@ def test_grpc_generate_stream_tokens_and_admin(stack, reference):
     assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_p" in bad.details()
 
 
+def test_grpc_ignore_eos_generates_past_end_of_sequence(stack):
+    """An end-of-sequence token forced by logit_bias ends the request, unless ignore_eos."""
+    async def run(ignore_eos: bool):
+        async with grpc.aio.insecure_channel(stack["grpc"]) as ch:
+            req = gateway_pb2.GenerateRequest(
+                model=stack["model"], prompt="the lazy dog", max_tokens=6, ignore_eos=ignore_eos,
+                sampling=common_pb2.SamplingParams(temperature=0, logit_bias={2: 100.0}))
+            return [m async for m in gateway_pb2_grpc.GatewayStub(ch).Generate(req, timeout=60)]
+
+    stopped, kept_going = asyncio.run(run(False)), asyncio.run(run(True))
+    assert [t for m in stopped for t in m.token_ids] == [2] and stopped[-1].finish_reason == "stop"
+    assert [t for m in kept_going for t in m.token_ids] == [2] * 6 and kept_going[-1].finish_reason == "length"
+
+
 def test_concurrent_requests_are_batched(stack, reference):
     codec, run = reference
     prompts = [f"fox {'dog ' * i}" for i in range(8)]

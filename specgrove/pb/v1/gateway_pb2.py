@@ -26,7 +26,7 @@ from specgrove.pb.v1 import common_pb2 as specgrove_dot_v1_dot_common__pb2
 from specgrove.pb.v1 import draft_pb2 as specgrove_dot_v1_dot_draft__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aspecgrove/v1/gateway.proto\x12\x0cspecgrove.v1\x1a\x19specgrove/v1/common.proto\x1a\x18specgrove/v1/draft.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x98\x01\n\x0bSpeculation\x12\x0f\n\x07\x64rafter\x18\x01 \x01(\t\x12&\n\x04tree\x18\x02 \x01(\x0b\x32\x18.specgrove.v1.TreeBudget\x12\x0b\n\x03off\x18\x03 \x01(\x08\x12\x14\n\x07\x63oupled\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\ttree_spec\x18\x05 \x01(\t\x12\x0e\n\x06shadow\x18\x06 \x03(\tB\n\n\x08_coupled\"\x81\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.specgrove.v1.ChatMessagesH\x00\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.specgrove.v1.SamplingParams\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12.\n\x0bspeculation\x18\x07 \x01(\x0b\x32\x19.specgrove.v1.Speculation\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x07\n\x05input\"^\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.specgrove.v1.ChatMessage\x12!\n\x19special_tokens_in_content\x18\x02 \x01(\x08\"\x8a\x01\n\x10SpeculationStats\x12\r\n\x05steps\x18\x01 \x01(\x05\x12\x16\n\x0e\x64rafted_tokens\x18\x02 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x03 \x01(\x05\x12\x1e\n\x16mean_acceptance_length\x18\x04 \x01(\x01\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\x05\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"O\n\x14\x45\x66\x66\x65\x63tiveSpeculation\x12\x0f\n\x07\x64rafter\x18\x01 \x01(\t\x12&\n\x04tree\x18\x02 \x01(\x0b\x32\x18.specgrove.v1.TreeBudget\"\xeb\x03\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x04 \x01(\x05\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.specgrove.v1.Usage\x12\x33\n\x0bspeculation\x18\x07 \x01(\x0b\x32\x1e.specgrove.v1.SpeculationStats\x12\x35\n\teffective\x18\x08 \x01(\x0b\x32\".specgrove.v1.EffectiveSpeculation\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x11\n\x04seed\x18\n \x01(\x04H\x00\x88\x01\x01\x12,\n\x08logprobs\x18\x0b \x03(\x0b\x32\x1a.specgrove.v1.TokenLogprob\x12:\n\x06shadow\x18\x0c \x03(\x0b\x32*.specgrove.v1.GenerateResponse.ShadowEntry\x1aM\n\x0bShadowEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.specgrove.v1.SpeculationStats:\x02\x38\x01\x42\x07\n\x05_seed\"\x13\n\x11ListModelsRequest\"@\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\x05\x12\x10\n\x08owned_by\x18\x03 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.specgrove.v1.ModelCard2\xf2\x03\n\x07Gateway\x12K\n\x08Generate\x12\x1d.specgrove.v1.GenerateRequest\x1a\x1e.specgrove.v1.GenerateResponse0\x01\x12O\n\nListModels\x12\x1f.specgrove.v1.ListModelsRequest\x1a .specgrove.v1.ListModelsResponse\x12U\n\x0cListDrafters\x12!.specgrove.v1.ListDraftersRequest\x1a\".specgrove.v1.ListDraftersResponse\x12J\n\x0bLoadDrafter\x12 .specgrove.v1.LoadDrafterRequest\x1a\x19.specgrove.v1.DrafterInfo\x12X\n\rUnloadDrafter\x12\".specgrove.v1.UnloadDrafterRequest\x1a#.specgrove.v1.UnloadDrafterResponse\x12L\n\x0c\x43learDrafter\x12!.specgrove.v1.ClearDrafterRequest\x1a\x19.specgrove.v1.DrafterInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aspecgrove/v1/gateway.proto\x12\x0cspecgrove.v1\x1a\x19specgrove/v1/common.proto\x1a\x18specgrove/v1/draft.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x98\x01\n\x0bSpeculation\x12\x0f\n\x07\x64rafter\x18\x01 \x01(\t\x12&\n\x04tree\x18\x02 \x01(\x0b\x32\x18.specgrove.v1.TreeBudget\x12\x0b\n\x03off\x18\x03 \x01(\x08\x12\x14\n\x07\x63oupled\x18\x04 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\ttree_spec\x18\x05 \x01(\t\x12\x0e\n\x06shadow\x18\x06 \x03(\tB\n\n\x08_coupled\"\x95\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.specgrove.v1.ChatMessagesH\x00\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.specgrove.v1.SamplingParams\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12.\n\x0bspeculation\x18\x07 \x01(\x0b\x32\x19.specgrove.v1.Speculation\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x12\n\nignore_eos\x18\t \x01(\x08\x42\x07\n\x05input\"^\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.specgrove.v1.ChatMessage\x12!\n\x19special_tokens_in_content\x18\x02 \x01(\x08\"\x8a\x01\n\x10SpeculationStats\x12\r\n\x05steps\x18\x01 \x01(\x05\x12\x16\n\x0e\x64rafted_tokens\x18\x02 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x03 \x01(\x05\x12\x1e\n\x16mean_acceptance_length\x18\x04 \x01(\x01\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\x05\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"O\n\x14\x45\x66\x66\x65\x63tiveSpeculation\x12\x0f\n\x07\x64rafter\x18\x01 \x01(\t\x12&\n\x04tree\x18\x02 \x01(\x0b\x32\x18.specgrove.v1.TreeBudget\"\xeb\x03\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x04 \x01(\x05\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\"\n\x05usage\x18\x06 \x01(\x0b\x32\x13.specgrove.v1.Usage\x12\x33\n\x0bspeculation\x18\x07 \x01(\x0b\x32\x1e.specgrove.v1.SpeculationStats\x12\x35\n\teffective\x18\x08 \x01(\x0b\x32\".specgrove.v1.EffectiveSpeculation\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x11\n\x04seed\x18\n \x01(\x04H\x00\x88\x01\x01\x12,\n\x08logprobs\x18\x0b \x03(\x0b\x32\x1a.specgrove.v1.TokenLogprob\x12:\n\x06shadow\x18\x0c \x03(\x0b\x32*.specgrove.v1.GenerateResponse.ShadowEntry\x1aM\n\x0bShadowEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x05value\x18\x02 \x01(\x0b\x32\x1e.specgrove.v1.SpeculationStats:\x02\x38\x01\x42\x07\n\x05_seed\"\x13\n\x11ListModelsRequest\"@\n\tModelCard\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\x05\x12\x10\n\x08owned_by\x18\x03 \x01(\t\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.specgrove.v1.ModelCard2\xf2\x03\n\x07Gateway\x12K\n\x08Generate\x12\x1d.specgrove.v1.GenerateRequest\x1a\x1e.specgrove.v1.GenerateResponse0\x01\x12O\n\nListModels\x12\x1f.specgrove.v1.ListModelsRequest\x1a .specgrove.v1.ListModelsResponse\x12U\n\x0cListDrafters\x12!.specgrove.v1.ListDraftersRequest\x1a\".specgrove.v1.ListDraftersResponse\x12J\n\x0bLoadDrafter\x12 .specgrove.v1.LoadDrafterRequest\x1a\x19.specgrove.v1.DrafterInfo\x12X\n\rUnloadDrafter\x12\".specgrove.v1.UnloadDrafterRequest\x1a#.specgrove.v1.UnloadDrafterResponse\x12L\n\x0c\x43learDrafter\x12!.specgrove.v1.ClearDrafterRequest\x1a\x19.specgrove.v1.DrafterInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,25 +40,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPECULATION']._serialized_start=144
   _globals['_SPECULATION']._serialized_end=296
   _globals['_GENERATEREQUEST']._serialized_start=299
-  _globals['_GENERATEREQUEST']._serialized_end=556
-  _globals['_CHATMESSAGES']._serialized_start=558
-  _globals['_CHATMESSAGES']._serialized_end=652
-  _globals['_SPECULATIONSTATS']._serialized_start=655
-  _globals['_SPECULATIONSTATS']._serialized_end=793
-  _globals['_USAGE']._serialized_start=795
-  _globals['_USAGE']._serialized_end=874
-  _globals['_EFFECTIVESPECULATION']._serialized_start=876
-  _globals['_EFFECTIVESPECULATION']._serialized_end=955
-  _globals['_GENERATERESPONSE']._serialized_start=958
-  _globals['_GENERATERESPONSE']._serialized_end=1449
-  _globals['_GENERATERESPONSE_SHADOWENTRY']._serialized_start=1363
-  _globals['_GENERATERESPONSE_SHADOWENTRY']._serialized_end=1440
-  _globals['_LISTMODELSREQUEST']._serialized_start=1451
-  _globals['_LISTMODELSREQUEST']._serialized_end=1470
-  _globals['_MODELCARD']._serialized_start=1472
-  _globals['_MODELCARD']._serialized_end=1536
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1538
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1599
-  _globals['_GATEWAY']._serialized_start=1602
-  _globals['_GATEWAY']._serialized_end=2100
+  _globals['_GENERATEREQUEST']._serialized_end=576
+  _globals['_CHATMESSAGES']._serialized_start=578
+  _globals['_CHATMESSAGES']._serialized_end=672
+  _globals['_SPECULATIONSTATS']._serialized_start=675
+  _globals['_SPECULATIONSTATS']._serialized_end=813
+  _globals['_USAGE']._serialized_start=815
+  _globals['_USAGE']._serialized_end=894
+  _globals['_EFFECTIVESPECULATION']._serialized_start=896
+  _globals['_EFFECTIVESPECULATION']._serialized_end=975
+  _globals['_GENERATERESPONSE']._serialized_start=978
+  _globals['_GENERATERESPONSE']._serialized_end=1469
+  _globals['_GENERATERESPONSE_SHADOWENTRY']._serialized_start=1383
+  _globals['_GENERATERESPONSE_SHADOWENTRY']._serialized_end=1460
+  _globals['_LISTMODELSREQUEST']._serialized_start=1471
+  _globals['_LISTMODELSREQUEST']._serialized_end=1490
+  _globals['_MODELCARD']._serialized_start=1492
+  _globals['_MODELCARD']._serialized_end=1556
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1558
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1619
+  _globals['_GATEWAY']._serialized_start=1622
+  _globals['_GATEWAY']._serialized_end=2120
 # @@protoc_insertion_point(module_scope)
