@@ -30,35 +30,52 @@ _TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0
                   0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
 
+class DraftCounters:
+    """Drafts, draft tokens, accepted tokens and accepted tokens by position, per drafter:
+    ``PREFIX + name + "_num_drafts"`` and so on (vLLM's ``spec_decode`` counters)."""
+
+    def __init__(self, registry: CollectorRegistry, name: str, drafts_help: str, tokens_help: str,
+                 accepted_help: str) -> None:
+        base = PREFIX + name + "_num_"
+        self.drafts = Counter(base + "drafts", drafts_help, ["drafter"], registry=registry)
+        self.draft_tokens = Counter(base + "draft_tokens", tokens_help, ["drafter"], registry=registry)
+        self.accepted_tokens = Counter(base + "accepted_tokens", accepted_help, ["drafter"], registry=registry)
+        self.accepted_per_pos = Counter(base + "accepted_tokens_per_pos",
+                                        "Accepted draft tokens by position in the accepted path (0 = first).",
+                                        ["drafter", "position"], registry=registry)
+        self._children: dict[str, tuple] = {}
+
+    def record(self, drafter: str, drafted: int, accepted: int) -> None:
+        drafts, draft_tokens, accepted_tokens, per_pos = self._by_drafter(drafter)
+        drafts.inc()
+        draft_tokens.inc(drafted)
+        accepted_tokens.inc(accepted)
+        while len(per_pos) < accepted:
+            per_pos.append(self.accepted_per_pos.labels(drafter, str(len(per_pos))))
+        for pos in range(accepted):
+            per_pos[pos].inc()
+
+    def _by_drafter(self, drafter: str) -> tuple:
+        # ``labels()`` validates and locks on every call: the step loop calls this per sequence
+        # per step, so the labelled children are looked up once per drafter.
+        children = self._children.get(drafter)
+        if children is None:
+            children = self._children[drafter] = (
+                self.drafts.labels(drafter), self.draft_tokens.labels(drafter),
+                self.accepted_tokens.labels(drafter), [])
+        return children
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
-        self._children: dict[str, tuple] = {}
         r = self.registry = CollectorRegistry()
-        by_drafter = ["drafter"]
-        self.drafts = Counter(PREFIX + "spec_decode_num_drafts",
-                              "Sequences verified, one per sequence per step (a root-only tree too).",
-                              by_drafter, registry=r)
-        self.draft_tokens = Counter(PREFIX + "spec_decode_num_draft_tokens",
-                                    "Draft tokens proposed (tree nodes below the root).",
-                                    by_drafter, registry=r)
-        self.accepted_tokens = Counter(PREFIX + "spec_decode_num_accepted_tokens",
-                                       "Draft tokens accepted by the target (bonus tokens excluded).",
-                                       by_drafter, registry=r)
-        self.accepted_per_pos = Counter(PREFIX + "spec_decode_num_accepted_tokens_per_pos",
-                                        "Accepted draft tokens by position in the accepted path (0 = first).",
-                                        ["drafter", "position"], registry=r)
+        self.spec = DraftCounters(r, "spec_decode", "Sequences verified, one per sequence per step (a root-only tree too).",
+                                  "Draft tokens proposed (tree nodes below the root).",
+                                  "Draft tokens accepted by the target (bonus tokens excluded).")
         # Shadow drafters (gateway.shadow): the same counts for what they would have done.
-        self.shadow_drafts = Counter(PREFIX + "shadow_num_drafts",
-                                     "Steps a shadow drafter would have taken (one per tree scored).",
-                                     by_drafter, registry=r)
-        self.shadow_draft_tokens = Counter(PREFIX + "shadow_num_draft_tokens",
-                                           "Draft tokens a shadow drafter proposed.", by_drafter, registry=r)
-        self.shadow_accepted_tokens = Counter(PREFIX + "shadow_num_accepted_tokens",
-                                              "Shadow draft tokens the emitted tokens accept.",
-                                              by_drafter, registry=r)
-        self.shadow_accepted_per_pos = Counter(PREFIX + "shadow_num_accepted_tokens_per_pos",
-                                               "Accepted shadow draft tokens by position (0 = first).",
-                                               ["drafter", "position"], registry=r)
+        self.shadow = DraftCounters(r, "shadow", "Steps a shadow drafter would have taken (one per tree scored).",
+                                    "Draft tokens a shadow drafter proposed.",
+                                    "Shadow draft tokens the emitted tokens accept.")
         self.ttft = Histogram(PREFIX + "time_to_first_token_seconds",
                               "Time from submission to the first generated token.",
                               buckets=_LATENCY_BUCKETS, registry=r)
@@ -110,32 +127,11 @@ class GatewayMetrics:
 
     def step_item(self, drafter: str, drafted: int, accepted: int) -> None:
         """One sequence's share of a step."""
-        drafts, draft_tokens, accepted_tokens, per_pos = self._by_drafter(drafter)
-        drafts.inc()
-        draft_tokens.inc(drafted)
-        accepted_tokens.inc(accepted)
-        while len(per_pos) < accepted:
-            per_pos.append(self.accepted_per_pos.labels(drafter, str(len(per_pos))))
-        for pos in range(accepted):
-            per_pos[pos].inc()
+        self.spec.record(drafter, drafted, accepted)
 
     def shadow_step(self, drafter: str, drafted: int, accepted: int) -> None:
         """One step a shadow drafter would have taken (``gateway.shadow``)."""
-        self.shadow_drafts.labels(drafter).inc()
-        self.shadow_draft_tokens.labels(drafter).inc(drafted)
-        self.shadow_accepted_tokens.labels(drafter).inc(accepted)
-        for pos in range(accepted):
-            self.shadow_accepted_per_pos.labels(drafter, str(pos)).inc()
-
-    def _by_drafter(self, drafter: str) -> tuple:
-        # ``labels()`` validates and locks on every call: the step loop calls this per sequence
-        # per step, so the labelled children are looked up once per drafter.
-        children = self._children.get(drafter)
-        if children is None:
-            children = self._children[drafter] = (
-                self.drafts.labels(drafter), self.draft_tokens.labels(drafter),
-                self.accepted_tokens.labels(drafter), [])
-        return children
+        self.shadow.record(drafter, drafted, accepted)
 
     def tokens_added(self, count: int, gap_s: float, first: bool) -> None:
         self.generation_tokens.inc(count)

@@ -158,9 +158,7 @@ class ModelRunner:
             plan = self.blocks.commit(seq_id, n, list(path) if path is not None else None)
             src += plan.src_slots
             dst += plan.dst_slots
-        if src:
-            as_tensor = lambda x: torch.tensor(x, dtype=torch.int64, device=self.device)
-            self.executor.apply_copies(as_tensor(src), as_tensor(dst))
+        self._copy_slots(src, dst)
 
     def copy_prefixes(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Give each ``(source, twin)`` pair's twin (a sequence with no tokens yet) a copy of
@@ -174,6 +172,10 @@ class ModelRunner:
             src += self.blocks.slots(source, 0, n)
             dst += self.blocks.slots(twin, 0, n)
             self.blocks.commit(twin, n)
+        self._copy_slots(src, dst)
+
+    def _copy_slots(self, src: list[int], dst: list[int]) -> None:
+        """Copy K/V from slots ``src`` to ``dst`` in every layer, one kernel call."""
         if src:
             as_tensor = lambda x: torch.tensor(x, dtype=torch.int64, device=self.device)
             self.executor.apply_copies(as_tensor(src), as_tensor(dst))
