@@ -33,8 +33,8 @@ class StatsLine:
     def _read(self) -> dict[str, float]:
         m = self.metrics
         return {"prompt": _total(m.prompt_tokens), "generated": _total(m.generation_tokens),
-                "drafts": _total(m.drafts), "drafted": _total(m.draft_tokens),
-                "accepted": _total(m.accepted_tokens)}
+                "drafts": _total(m.spec.drafts), "drafted": _total(m.spec.draft_tokens),
+                "accepted": _total(m.spec.accepted_tokens)}
 
     def line(self) -> str | None:
         """The line for the time since the last call; None when nothing happened."""
