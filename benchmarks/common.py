@@ -96,7 +96,8 @@ def decode_tps(ports, prompt, n: int, tree: str | None) -> tuple[float, float, l
     from gateway.job import JobSpec
     from gateway.offline import complete
     from specgrove.config import parse_tree_option
-    from specgrove.types import SamplingParams, TreeBudget
+    from specgrove.sampling_params import SamplingParams
+    from specgrove.types import TreeBudget
 
     budget = parse_tree_option(tree) if tree else TreeBudget.off()
     spec = JobSpec(tuple(prompt), n, SamplingParams(), drafter="eagle" if tree else "", budget=budget,

@@ -26,7 +26,8 @@ from benchmarks.common import HERE, chat_ids, load_prompts, local_ports, meta
 from gateway.job import JobSpec
 from gateway.offline import complete
 from specgrove.modeling.loader import resolve_model
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 
 
 def time_hf(model, prompt: list[int], n: int) -> float:

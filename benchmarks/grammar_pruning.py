@@ -27,7 +27,7 @@ from gateway.job import JobSpec
 from gateway.offline import complete
 from specgrove.config import parse_tree_option
 from specgrove.grammar import GrammarState
-from specgrove.types import Grammar, SamplingParams
+from specgrove.sampling_params import Grammar, SamplingParams
 
 ASK = " Answer with one JSON object."
 

@@ -32,7 +32,8 @@ from gateway.job import JobSpec
 from gateway.offline import complete
 from specgrove.clients import DraftClient, TargetClient
 from specgrove.tree import TokenTree
-from specgrove.types import PrefillRequest, ProposeRequest, SamplingParams, TreeBudget, VerifyItem
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import PrefillRequest, ProposeRequest, TreeBudget, VerifyItem
 
 BUDGETS = {"plain": TreeBudget.off(), "ngram": TreeBudget(max_nodes=8, max_depth=6)}
 

@@ -31,7 +31,7 @@ from gateway.job import JobSpec
 from gateway.offline import complete
 from specgrove.config import parse_tree_option
 from specgrove.sampling import position_noise, sampled_tokens, target_logits
-from specgrove.types import SamplingParams
+from specgrove.sampling_params import SamplingParams
 
 
 def run_prompts(args) -> list[dict]:

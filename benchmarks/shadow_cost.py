@@ -24,7 +24,8 @@ from benchmarks.common import HERE, chat_ids, load_prompts, local_ports, meta
 from gateway.job import JobSpec
 from gateway.offline import complete
 from specgrove.config import parse_tree_option
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 
 
 def run(ports, prompts, setting: str, tree: TreeBudget, max_tokens: int) -> tuple[float, float]:

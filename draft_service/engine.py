@@ -15,7 +15,8 @@ from draft_service.drafters.base import DraftInput, Drafter
 from draft_service.registry import DrafterRegistry, RegistryEntry
 from specgrove import telemetry
 from specgrove.errors import InvalidRequest, UnknownSequence
-from specgrove.types import MAX_FEATURE_ROWS, Features, ProposeRequest, ProposeResult, SamplingParams
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import MAX_FEATURE_ROWS, Features, ProposeRequest, ProposeResult
 
 
 class DraftEngine:

@@ -25,7 +25,8 @@ from gateway.text import TextCodec
 from specgrove.config import parse_tree_option
 from specgrove.tree import TreeError, static_tree_size
 from specgrove.errors import InvalidRequest
-from specgrove.types import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SamplingParams, TargetInfo, TreeBudget
+from specgrove.sampling_params import MAX_LOGIT_BIAS, MAX_TOP_LOGPROBS, SamplingParams
+from specgrove.types import TargetInfo, TreeBudget
 
 
 log = logging.getLogger("specgrove.gateway")

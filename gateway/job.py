@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 from gateway.shadow import ShadowTrack
 from gateway.text import IncrementalDecoder, StopMatcher, TextCodec
-from specgrove.types import MAX_FEATURE_ROWS, Features, SamplingParams, TokenLogprob, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import MAX_FEATURE_ROWS, Features, TokenLogprob, TreeBudget
 
 
 @dataclass(frozen=True)

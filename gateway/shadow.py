@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from specgrove.tree import TokenTree
-from specgrove.types import DraftPrefill, ProposeRequest, SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import DraftPrefill, ProposeRequest, TreeBudget
 
 
 def accepted_along(tree: TokenTree, continuation: Sequence[int]) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from specgrove.errors import InvalidRequest
-from specgrove.types import MAX_GRAMMAR_CHOICES, Grammar
+from specgrove.sampling_params import MAX_GRAMMAR_CHOICES, Grammar
 
 Schema = Union[dict[str, Any], bool]
 

@@ -35,7 +35,7 @@ import torch
 
 from specgrove.errors import InvalidRequest
 from specgrove.tree import TokenTree
-from specgrove.types import Grammar
+from specgrove.sampling_params import Grammar
 
 _BITS = 32  # tokens per bitmask word (XGrammar's int32 words, bit t % 32 of word t // 32)
 # XGrammar's errors start with "[hh:mm:ss] /path/file.cc:line: " and "Check failed: (...) is false: ".

@@ -24,7 +24,7 @@ import torch
 
 from specgrove.grammar import GrammarState
 from specgrove.tree import TokenTree
-from specgrove.types import SamplingParams
+from specgrove.sampling_params import SamplingParams
 
 
 @dataclass

@@ -47,7 +47,7 @@ from typing import Sequence
 import torch
 
 from specgrove.tree import TokenTree
-from specgrove.types import SamplingParams
+from specgrove.sampling_params import SamplingParams
 
 # SplitMix64 (Steele, Lea & Flood 2014) constants as signed 64-bit integers (torch has no uint64
 # arithmetic; multiplication wraps modulo 2^64 exactly as the unsigned algorithm needs).

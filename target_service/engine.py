@@ -26,8 +26,8 @@ from specgrove.runner import ForwardItem, ForwardOutput, ModelRunner
 from specgrove.sampling import NoiseCache, accept_path, target_tokens
 from specgrove.tree import TokenTree
 from specgrove.errors import InvalidRequest, UnknownSequence
-from specgrove.types import (Features, PrefillRequest, PrefillResult, SamplingParams, VerifyItem,
-                             VerifyResult)
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import Features, PrefillRequest, PrefillResult, VerifyItem, VerifyResult
 
 
 @dataclass

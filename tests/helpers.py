@@ -21,7 +21,8 @@ from gateway.orchestrator import SchedulerConfig
 from specgrove.config import ModelRunConfig
 from specgrove.kv import KVCacheConfig
 from specgrove.runner import ModelRunner, load_runner
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 from target_service.engine import TargetEngine
 from target_service.local import LocalTarget, TargetLimits
 

@@ -20,7 +20,8 @@ from specgrove.config import ModelRunConfig
 from specgrove.errors import InvalidRequest
 from specgrove.kv import KVCacheConfig
 from specgrove.modeling.loader import load_config, load_embedding
-from specgrove.types import Features, PrefillRequest, SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import Features, PrefillRequest, TreeBudget
 from tests.helpers import generate, request, target_engine
 
 LAYERS = (0, 1)  # the tiny targets have two layers

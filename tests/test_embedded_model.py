@@ -41,7 +41,7 @@ def test_smollm2_json_object_is_parseable_json():
     """Structured output on a real vocabulary (49152 BPE tokens): a JSON object that parses."""
     import json
 
-    from specgrove.types import Grammar, SamplingParams
+    from specgrove.sampling_params import Grammar, SamplingParams
 
     path = resolve_model("smollm2-135m-instruct")
     tok = load_tokenizer(path)

@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM
 from specgrove.logits_processors import OutputHistory, process_logits
 from specgrove.sampling import target_probs
 from specgrove.tree import TokenTree
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 from tests.gateway_stack import running_stack
 from tests.helpers import draft_engine, generate, request, target_engine
 from tests.test_sampling import ALPHA, chi_square_p

@@ -26,7 +26,8 @@ from specgrove.config import ModelRunConfig
 from specgrove.kv import KVCacheConfig
 from specgrove.sampling import accept_path
 from specgrove.tree import TokenTree
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 from tests.gateway_stack import running_stack
 from tests.helpers import draft_engine, generate, request, target_engine
 from tests.test_eagle import make_head

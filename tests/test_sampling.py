@@ -23,7 +23,8 @@ from scipy.stats import kstest
 from specgrove.sampling import (NoiseCache, _mix64, accept_path, position_noise, sampled_tokens,
                                 target_logits, target_probs)
 from specgrove.tree import TokenTree
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 from tests.helpers import draft_engine, generate, request, target_engine
 from tests.tiny_models import save_tiny_model
 

@@ -22,7 +22,8 @@ from draft_service.engine import DraftEngine
 from gateway.shadow import ShadowStats, accepted_along
 from specgrove.pb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from specgrove.tree import TokenTree
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 from tests.gateway_stack import running_stack
 from tests.helpers import generate, request, runner, target_engine
 

@@ -15,7 +15,8 @@ import pytest
 
 from draft_service.drafters.ngram import NgramDrafter
 from draft_service.engine import DraftEngine
-from specgrove.types import PrefillRequest, SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import PrefillRequest, TreeBudget
 from tests.helpers import generate, request, target_engine
 
 PROMPT_A = (5, 9, 14, 3, 22, 7, 31, 9, 14, 3)  # 10 tokens: blocks of 4 end part-full

@@ -31,7 +31,8 @@ from gateway.offline import generate as run_orchestrator
 from specgrove.errors import InvalidRequest
 from specgrove.grammar import GrammarCompiler, GrammarState, all_allowed, apply_bitmask_, fill_tree_bitmask
 from specgrove.tree import TokenTree
-from specgrove.types import Grammar, PrefillRequest, SamplingParams, TreeBudget, VerifyItem
+from specgrove.sampling_params import Grammar, SamplingParams
+from specgrove.types import PrefillRequest, TreeBudget, VerifyItem
 from target_service.local import LocalTarget, TargetLimits
 from tests.helpers import generate, request, runner, target_engine
 from tests.tiny_models import VOCAB, make_tokenizer

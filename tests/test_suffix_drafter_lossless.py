@@ -10,7 +10,8 @@ import pytest
 
 from draft_service.drafters.suffix import SuffixDrafter, SuffixOptions
 from draft_service.engine import DraftEngine
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 from tests.helpers import draft_engine, generate, request, target_engine
 from tests.test_sampling import ALPHA, NEW, PROMPT, chi_square_p, exact_joint
 from tests.tiny_models import save_tiny_model

@@ -5,7 +5,8 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from specgrove.tree import TokenTree
-from specgrove.types import Features, SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import Features, TreeBudget
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def generate_responses(target, draft, encoded: Sequence[tuple[str, tuple[int, ..
 
     from gateway.job import JobSpec
     from gateway.offline import OFFLINE, complete
-    from specgrove.types import SamplingParams
+    from specgrove.sampling_params import SamplingParams
 
     cfg = replace(OFFLINE, max_batch=batch)
     samples: list[Sample] = []

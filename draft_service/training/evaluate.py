@@ -7,7 +7,8 @@ from collections import defaultdict
 from typing import Sequence
 
 from draft_service.drafters.eagle.head import EagleHead
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 
 
 def acceptance(target, head: EagleHead, embed, run, encoded: Sequence[tuple[str, tuple[int, ...]]],

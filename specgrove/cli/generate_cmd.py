@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from specgrove.config import ModelRunConfig, parse_drafter_option, parse_tree_option
 from specgrove.errors import InvalidRequest
 from specgrove.kv import KVCacheConfig
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 
 
 @dataclass(frozen=True)

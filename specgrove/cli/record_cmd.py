@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import httpx
 
 from specgrove.cli.recordfile import LiveStats, Record, tree_json, write_record
-from specgrove.types import SamplingParams, TreeBudget
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import TreeBudget
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from specgrove.types import Grammar, SamplingParams, TreeBudget
+from specgrove.sampling_params import Grammar, SamplingParams
+from specgrove.types import TreeBudget
 
 FORMAT = "specgrove-record/1"
 

@@ -31,8 +31,8 @@ from typing import Callable, Protocol, Sequence
 
 from specgrove.cli.recordfile import Record
 from specgrove.tree import TokenTree
-from specgrove.types import (MAX_FEATURE_ROWS, Features, ProposeRequest, ProposeResult, SamplingParams,
-                             TreeBudget)
+from specgrove.sampling_params import SamplingParams
+from specgrove.types import MAX_FEATURE_ROWS, Features, ProposeRequest, ProposeResult, TreeBudget
 
 
 class DraftEngineLike(Protocol):
