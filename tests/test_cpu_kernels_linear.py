@@ -1,5 +1,7 @@
-"""The C++ CPU linears (``specgrove/kernels/cpu_linear.py``): bf16 and weight-only int8 against float64
-matmuls of the same weights; and a model whose linears run on them decodes like the dense one."""
+"""The C++ CPU linears (``specgrove/kernels/cpu_linear.py``): bf16 and weight-only int8 against their
+plain-torch references and float64 matmuls of the same weights, at every height M of a decode step or
+tree verify (1..33: one, several and partial register tiles) and at shapes with N and K tails; the
+packing round-trips; and a model whose linears run on them decodes like the dense one."""
 from __future__ import annotations
 
 import pytest
@@ -9,24 +11,80 @@ from specgrove.kernels import cpu_linear
 
 pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="no AVX512_BF16 CPU kernels here")
 
+# (K, N): the embedded model's shapes, then tails: N not a multiple of 16 (or of 64, the register
+# tile's width), K odd or not a multiple of 32, a single output, a single input.
+SHAPES = [(576, 960), (1536, 576), (64, 4), (33, 17), (7, 100), (200, 1), (1, 48), (96, 1000)]
 
-@pytest.mark.parametrize("m", [1, 3, 4, 5, 16, 33])
-@pytest.mark.parametrize("k,n", [(576, 960), (1536, 576), (64, 4), (576, 49152)])
-def test_bf16_and_int8_equal_their_float64_computation(m, k, n):
-    g = torch.Generator().manual_seed(m * 7 + n)
-    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
-    w = (torch.randn(n, k, generator=g) * 0.05).to(torch.bfloat16)
-    exact = x.double() @ w.double().t()
-    y = cpu_linear.Bf16Linear(w)(x)
-    assert y.dtype == torch.bfloat16 and y.shape == (m, n)
+
+def _close(y: torch.Tensor, exact: torch.Tensor) -> bool:
     # Stated tolerance: bf16 output rounding (2^-8 relative) plus a small absolute term; the
     # float32 accumulation error is far below it.
-    assert ((y.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-3).all()
+    return bool(((y.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-3).all())
+
+
+def _case(m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(m * 7919 + k * 31 + n)
+    x = torch.randn(m, k, generator=g).to(torch.bfloat16)
+    w = (torch.randn(n, k, generator=g) * 0.05).to(torch.bfloat16)
+    return x, w
+
+
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_bf16_every_height_equals_reference(k, n):
+    layer = cpu_linear.Bf16Linear(w := _case(1, k, n)[1])
+    assert torch.equal(layer.dequantized(), w.float())  # packing keeps every weight
+    for m in range(1, 34):
+        x = _case(m, k, n)[0]
+        y = layer(x)
+        assert y.dtype == torch.bfloat16 and y.shape == (m, n)
+        assert _close(y, x.double() @ w.double().t()), m
+        # and the reference of the same computation (float32 sums), within one bf16 step
+        ref = cpu_linear.linear_bf16_ref(x, w).float()
+        assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + 1e-4).all(), m
+
+
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_int8_every_height_equals_reference(k, n):
+    w = _case(1, k, n)[1]
+    layer = cpu_linear.Int8Linear(w)
+    q, scale = cpu_linear.quantize_per_channel(w)
+    assert torch.equal(layer.q, q) and torch.equal(layer.scale, scale)
+    # the int8 weight is within half a step of the float weight, per channel
+    assert ((layer.dequantized() - w.float()).abs() <= scale[:, None] / 2 + 1e-6).all()
+    for m in range(1, 34):
+        x = _case(m, k, n)[0]
+        y = layer(x)
+        assert y.dtype == torch.bfloat16 and y.shape == (m, n)
+        assert _close(y, x.double() @ layer.dequantized().double().t()), m
+        ref = cpu_linear.linear_int8_ref(x, q, scale).float()
+        assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + 1e-4).all(), m
+
+
+@pytest.mark.parametrize("m", [1, 5, 16, 33])
+def test_large_vocabulary_head(m):
+    """The LM head's shape (N = 49152): many blocks split across threads."""
+    x, w = _case(m, 576, 49152)
+    exact = x.double() @ w.double().t()
+    assert _close(cpu_linear.Bf16Linear(w)(x), exact)
     int8 = cpu_linear.Int8Linear(w)
-    exact8 = x.double() @ int8.dequantized().double().t()
-    assert ((int8(x).double() - exact8).abs() <= exact8.abs() * 2 ** -8 + 1e-3).all()
-    # and the int8 weight is within half a step of the float weight, per channel
-    assert ((int8.dequantized() - w.float()).abs() <= int8.scale[:, None] / 2 + 1e-6).all()
+    assert _close(int8(x), x.double() @ int8.dequantized().double().t())
+
+
+def test_leading_dimensions_and_float_inputs():
+    """[..., K] inputs of any float dtype: the kernel sees bf16 rows, the output keeps the batch shape."""
+    x, w = _case(6, 100, 40)
+    layer = cpu_linear.Bf16Linear(w)
+    y = layer(x.float().reshape(2, 3, 100))
+    assert y.shape == (2, 3, 40) and torch.equal(y.reshape(6, 40), layer(x))
+    assert layer(x[:0]).shape == (0, 40)
+
+
+def test_pack_round_trip_and_layout():
+    w = torch.arange(17 * 5, dtype=torch.float32).reshape(17, 5)
+    p = cpu_linear.pack_pairs(w)
+    assert p.shape == (2, 3, 16, 2)
+    assert p[0, 1, 3, 0] == w[3, 2] and p[1, 2, 0, 0] == w[16, 4] and p[1, 2, 0, 1] == 0  # padded
+    assert torch.equal(cpu_linear.unpack_pairs(p, 17, 5), w)
 
 
 def test_model_on_the_cpu_linears_decodes_like_dense_bf16(tiny_dirs, tmp_path):
@@ -37,9 +95,15 @@ def test_model_on_the_cpu_linears_decodes_like_dense_bf16(tiny_dirs, tmp_path):
     dense = runner(tiny_dirs["llama"], dtype=torch.bfloat16, backend="torch")
     fast = runner(tiny_dirs["llama"], dtype=torch.bfloat16, backend="cpu")
     assert fast.model.model.layers[0].mlp.down_proj.kernel is not None
+    assert fast.model.model.layers[0].mlp.down_proj.weight.numel() == 0  # not held twice
     quant = runner(tiny_dirs["llama"], dtype=torch.bfloat16, backend="cpu")
     from specgrove.modeling.cpu_kernels import use_cpu_linears
+    for module in quant.model.modules():  # back to dense, then int8
+        if getattr(module, "kernel", None) is not None:
+            module.weight = torch.nn.Parameter(module.kernel.dequantized().to(torch.bfloat16), requires_grad=False)
+            module.kernel = None
     assert use_cpu_linears(quant.model, "int8") > 0
+    assert use_cpu_linears(quant.model, "int8") == 0  # a second call leaves the kernels alone
     prompt = tuple(range(3, 40))
     outs = []
     for r in (dense, fast, quant):

@@ -1,28 +1,50 @@
-"""Small-M CPU linears for decoding: bfloat16 weights, and weight-only int8 weights
-(``csrc/linear_cpu.cpp``), plus the plain-torch references they are tested against.
+"""Small-M CPU linears for decoding and tree verification: bfloat16 weights, and weight-only int8
+weights (``csrc/linear_cpu.cpp``), plus the plain-torch references they are tested against.
 
-``y[M, N] = x[M, K] @ W[N, K]^T`` for the few rows of a decode step (M = 1) or a tree verify
-(M = 16..32). oneDNN's bfloat16 GEMV streams ~12 GB/s of weights on this project's 2-core EPYC
-while the memory system delivers ~45 GB/s. Both kernels use the AVX512_BF16 dot product
-VDPBF16PS (16 lanes x 2 bf16 products accumulated in float32; Intel SDM, "VDPBF16PS"), so
-products are exact and sums float32, as in a bf16 GEMM with float32 accumulation. A thread owns
-a range of output features; 4 weight rows are applied to every activation row before moving
-on, so each weight byte is read from memory once per call whatever M is.
+``y[M, N] = x[M, K] @ W[N, K]^T`` for the few rows of a decode step (M = 1) or of a tree verify
+(M = 2..32 draft nodes in one forward). At M = 1 a linear is a weight stream: every weight byte
+is used once, so the kernel must run at memory bandwidth. As M grows each weight is used M
+times and the kernel must not turn compute- or load-bound before the bandwidth does.
 
-Weight-only int8 (``--quantization int8``): symmetric per-output-channel scales,
-``w ~= q * s`` with ``q`` in [-127, 127] and ``s = max|w_row| / 127``; each 4-row block of
-``q`` is widened to bfloat16 in L1 (exact for |q| <= 127) and the bf16 micro-kernel runs,
-``y = (x @ q^T) * s``. Activations stay bfloat16: per-tensor activation quantisation (fbgemm's
-dynamic int8) measured 69% greedy agreement on SmolLM2, against 97% for weight-only.
+**Packed weights.** The constructor packs ``W`` once into pairs layout, ``[ceil(N/16),
+ceil(K/2), 16, 2]`` (:func:`pack_pairs`): for one block of 16 output features and one pair of
+inputs (2j, 2j + 1), the 32 weights are contiguous. That is the operand of the AVX512_BF16 dot
+product VDPBF16PS (Intel SDM Vol. 2C, "VDPBF16PS - Dot Product of BF16 Pairs Accumulated Into
+Packed Single Precision"): lane l accumulates ``a[2l] * b[2l] + a[2l+1] * b[2l+1]`` into a
+float32, products exact (8-bit significands), sums rounded to float32. The activation side is
+the pair ``(x[m][2j], x[m][2j+1])`` broadcast to all 16 lanes, so one instruction advances 16
+output features of one row, and each accumulator ends holding 16 finished outputs: no horizontal
+reductions (the previous kernel dotted weight rows against activation rows and reduced every
+output across a vector).
 
-Measured (all 121 linears of SmolLM2-135M in model order, M = 1): oneDNN bf16 31.9 ms, this
-bf16 kernel 18.1 ms, this int8 kernel 10.0 ms. K must be a multiple of 32 and N of 4.
+**Register tile.** Up to 6 activation rows x 4 blocks (64 outputs) = 24 float32 accumulators,
+4 weight vectors loaded per pair index and reused by every row of the tile, each row's pair
+loaded once and reused by the 4 blocks: 24 dot products per 10 loads. M is cut into
+``ceil(M / 6)`` tiles of equal height (9 = 5 + 4); every row tile of a thread re-reads the same
+weight blocks from L2, so DRAM still sees each weight byte once per call. Threads own ranges of
+output blocks (``at::parallel_for``); software prefetch runs 8 cache lines ahead in each of the
+4 weight streams. N and K need not be multiples of anything: packing pads W with zero rows and
+columns, the kernel masks the stores of a partial last block, and an odd K gets one zero
+column in x too.
+
+**Weight-only int8** (``--quantization int8``): symmetric per-output-channel scales,
+``w ~= q * s`` with ``q`` in [-127, 127] and ``s = max|w_row| / 127``, packed like bf16. Each
+32-weight vector is widened to bfloat16 in registers (int8 -> int32 -> float32 -> bf16, exact:
+|q| <= 127 needs 7 significant bits, bf16 has 8); with several row tiles the thread's 64-output
+blocks are widened once into an L2 buffer instead. ``y = (x @ q^T) * s`` with ``s`` applied to
+the float32 sums. Activations stay bfloat16: per-tensor activation quantisation (fbgemm's dynamic
+int8) measured 69% greedy agreement on SmolLM2, against 97% for weight-only.
+
+Measured with ``benchmarks/cpu_linear.py`` (results in ``benchmarks/results/cpu_linear_cpu.json``).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from specgrove.kernels.cpu_build import has_native_bf16, load_library
+
+LANES = 16  # output features per packed block
 
 
 def available() -> bool:
@@ -32,7 +54,22 @@ def available() -> bool:
 
 
 def fits(in_features: int, out_features: int) -> bool:
-    return in_features % 32 == 0 and out_features % 4 == 0
+    """Any shape: packing pads N to 16 and K to 2 (kept for callers that ask)."""
+    return in_features > 0 and out_features > 0
+
+
+def pack_pairs(w: torch.Tensor) -> torch.Tensor:
+    """[N, K] -> [ceil(N/16), ceil(K/2), 16, 2], same dtype, zero padded:
+    ``p[b, j, l, t] = w[16 b + l, 2 j + t]``."""
+    n, k = w.shape
+    w = F.pad(w, (0, k % 2, 0, -n % LANES))  # [16 Nb, 2 K2]
+    return w.view(w.shape[0] // LANES, LANES, w.shape[1] // 2, 2).permute(0, 2, 1, 3).contiguous()
+
+
+def unpack_pairs(p: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_pairs`: [Nb, K2, 16, 2] -> [n, k]."""
+    nb, k2 = p.shape[:2]
+    return p.permute(0, 2, 1, 3).reshape(nb * LANES, 2 * k2)[:n, :k]
 
 
 def quantize_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,26 +80,65 @@ def quantize_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+def linear_bf16_ref(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The bf16 kernel's computation in plain torch: x [M, K], w [N, K] -> [M, N] bf16
+    (float32 sums of exact products, rounded once)."""
+    return (x.float() @ w.float().t()).to(torch.bfloat16)
+
+
+def linear_int8_ref(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The int8 kernel's computation in plain torch: x [M, K], q [N, K] int8, scale [N]."""
+    return ((x.float() @ q.float().t()) * scale.float()).to(torch.bfloat16)
+
+
+def _require() -> None:
+    if not available():
+        raise RuntimeError("the CPU linear kernels need AVX512_BF16 and a C++ compiler")
+
+
+def _rows(x: torch.Tensor, k2: int) -> torch.Tensor:
+    """[..., K] -> contiguous bf16 [M, 2 k2] (an odd K gets a zero column, matching the packing)."""
+    flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+    if flat.shape[1] != 2 * k2:
+        flat = F.pad(flat, (0, 2 * k2 - flat.shape[1]))
+    return flat.contiguous()
+
+
 class Bf16Linear:
-    """y = x @ w^T with the bf16 kernel; ``w``: [N, K] bfloat16 (the checkpoint layout)."""
+    """y = x @ w^T with the bf16 kernel; ``w``: [N, K] (the checkpoint layout), packed here, so the
+    caller may drop its own copy."""
 
     def __init__(self, w: torch.Tensor) -> None:
-        self.w = w.to(torch.bfloat16).contiguous()
+        _require()
+        self.out_features, self.in_features = w.shape
+        self.packed = pack_pairs(w.to(torch.bfloat16))  # [Nb, K2, 16, 2] bf16
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [..., K] -> [..., N] bf16
-        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
-        return torch.ops.specgrove_cpu_linear.linear_bf16(flat, self.w).reshape(*x.shape[:-1], -1)
+        flat = _rows(x, self.packed.shape[1])
+        y = torch.ops.specgrove_cpu_linear.linear_bf16(flat, self.packed, self.out_features)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def dequantized(self) -> torch.Tensor:  # [N, K] float32: the weight this layer applies
+        return unpack_pairs(self.packed, self.out_features, self.in_features).float()
 
 
 class Int8Linear:
     """y = x @ (q * s)^T with the weight-only int8 kernel."""
 
     def __init__(self, w: torch.Tensor) -> None:
-        self.q, self.scale = quantize_per_channel(w)
+        _require()
+        self.out_features, self.in_features = w.shape
+        q, self.scale = quantize_per_channel(w)  # [N, K] int8, [N] float32
+        self.packed = pack_pairs(q)  # [Nb, K2, 16, 2] int8
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
-        return torch.ops.specgrove_cpu_linear.linear_int8(flat, self.q, self.scale).reshape(*x.shape[:-1], -1)
+        flat = _rows(x, self.packed.shape[1])
+        y = torch.ops.specgrove_cpu_linear.linear_int8(flat, self.packed, self.scale)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    @property
+    def q(self) -> torch.Tensor:  # [N, K] int8
+        return unpack_pairs(self.packed, self.out_features, self.in_features)
 
     def dequantized(self) -> torch.Tensor:  # [N, K] float32: the weight this layer applies
         return self.q.float() * self.scale[:, None]

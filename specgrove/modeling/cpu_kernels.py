@@ -3,9 +3,10 @@ bfloat16 weights as they are, or weight-only int8 (``quantization="int8"``).
 
 Applied once after loading, when the kernel backend is ``cpu`` and the model runs in bfloat16
 with the weights in the checkpoint's [out, in] layout. Each linear gets a ``kernel`` object its
-forward calls instead of the dense matmul; int8 replaces the float weight by its int8 copy and
-per-channel scales (the LM head of a tied model keeps the float matrix, which the embedding
-lookup still reads).
+forward calls instead of the dense matmul. The kernel holds its own packed copy of the weight
+(bf16, or int8 with per-channel scales), so the float parameter is replaced by an empty one and
+the weights are not held twice; the LM head of a tied model is the exception: the embedding
+lookup still reads that matrix, so it stays and the head's packed copy comes on top.
 """
 from __future__ import annotations
 
@@ -32,16 +33,13 @@ def use_cpu_linears(model: nn.Module, quantization: str = "none") -> int:
               "VocabParallelEmbedding" for p in m.parameters()}
     count = 0
     for module in model.modules():
-        if not isinstance(module, _LINEARS) or getattr(module, "transposed", False):
+        if not isinstance(module, _LINEARS) or module.transposed or module.kernel is not None:
             continue
         weight = module.weight  # [out, in]
         if weight.dtype != torch.bfloat16 or not fits(weight.shape[1], weight.shape[0]):
             continue
-        if quantization == "int8":
-            module.kernel = Int8Linear(weight)
-            if id(weight) not in shared:  # free the float copy
-                module.weight = nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=False)
-        else:
-            module.kernel = Bf16Linear(weight)
+        module.kernel = Int8Linear(weight) if quantization == "int8" else Bf16Linear(weight)
+        if id(weight) not in shared:  # free the [out, in] copy: the kernel packed its own
+            module.weight = nn.Parameter(torch.empty(0, dtype=weight.dtype), requires_grad=False)
         count += 1
     return count

@@ -1,4 +1,11 @@
-// linear_cpu.cpp: small-M bf16 / weight-only int8 linears (AVX512_BF16); design notes in kernels/cpu_linear.py.
+// linear_cpu.cpp: small-M bf16 / weight-only int8 linears (AVX512_BF16) over packed weights;
+// design notes, measurements and the packing itself in kernels/cpu_linear.py.
+//
+// Packed weight ("pairs layout"): w[N, K] -> p[Nb, K2, 16, 2] with Nb = ceil(N / 16),
+// K2 = ceil(K / 2), p[b][j][l][t] = w[16 b + l][2 j + t] (zero padded). One pair index j of one
+// block is 32 values: 16 output features x 2 consecutive inputs, exactly the operand VDPBF16PS
+// multiplies against a broadcast pair (x[2j], x[2j + 1]). Each 16-lane float32 accumulator then
+// holds 16 finished outputs: no horizontal reductions.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -19,133 +26,170 @@
 
 namespace {
 
-constexpr int64_t kRowsN = 4;  // output features per block
-constexpr int64_t kRowsM = 4;  // activation rows per micro-kernel call
+constexpr int64_t kLanes = 16;     // output features per packed block (one zmm of float32)
+constexpr int64_t kPair = 2 * kLanes;  // values per (block, pair index): one zmm of bf16
+constexpr int kMaxNV = 4;          // blocks per register tile (64 outputs)
+constexpr int kMaxMR = 6;          // activation rows per register tile: 6 x 4 = 24 accumulators
+constexpr int64_t kPrefetch = 8;   // pair indices ahead (8 cache lines per bf16 block stream)
 
 #if SG_HAS_BF16_KERNELS
-// out[m][n] = sum_k x[m][k] * w[n][k] for m < MR <= 4, n < 4; K % 32 == 0.
-template <int MR>
-inline void micro_bf16(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw,
-                       int64_t K, float* out, int64_t ldo) {
-  __m512 acc[MR][kRowsN];
+// 32 weights of block-stream `w` at value offset `off` as bf16 pairs. int8 is widened exactly
+// (|q| <= 127 has 7 significant bits; bf16 keeps 8): int8 -> int32 -> float32 -> bf16.
+template <typename W>
+inline __m512bh load_pairs(const W* w, int64_t off);
+
+template <>
+inline __m512bh load_pairs<uint16_t>(const uint16_t* w, int64_t off) {
+  return (__m512bh)_mm512_loadu_si512(w + off);
+}
+
+template <>
+inline __m512bh load_pairs<int8_t>(const int8_t* w, int64_t off) {
+  const __m128i lo8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + off));
+  const __m128i hi8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + off + 16));
+  const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo8));
+  const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi8));
+  return _mm512_cvtne2ps_pbh(hi, lo);  // values 0..15 from lo, 16..31 from hi: memory order
+}
+
+inline __m512bh broadcast_pair(const uint16_t* x) {  // (x[0], x[1]) in all 16 lanes
+  int32_t pair;
+  std::memcpy(&pair, x, sizeof(pair));
+  return (__m512bh)_mm512_set1_epi32(pair);
+}
+
+// y[m][n0 + 16 v + l] = sum_j dot(x[m][2j..2j+1], p[v][j][l][0..1]) (* scale) for m < MR,
+// v < NV. x: [MR rows, stride ldx] bf16 with 2 * K2 values a row; w: NV block streams
+// `bstride` values apart, each [K2][16][2]; scale: [N] or null; y: [.., ldy] bf16, columns >= N
+// not written.
+template <int MR, int NV, typename W>
+void tile(const uint16_t* x, int64_t ldx, const W* w, int64_t bstride, int64_t K2,
+          const float* scale, at::BFloat16* y, int64_t ldy, int64_t n0, int64_t N) {
+  __m512 acc[MR][NV];
   for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < kRowsN; ++n) acc[m][n] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 32) {
-    __m512bh wv[kRowsN];
-    for (int n = 0; n < kRowsN; ++n) wv[n] = (__m512bh)_mm512_loadu_si512(w + n * ldw + k);
+    for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < K2; ++j) {
+    __m512bh wv[NV];
+    for (int v = 0; v < NV; ++v) {
+      _mm_prefetch(reinterpret_cast<const char*>(w + v * bstride + (j + kPrefetch) * kPair),
+                   _MM_HINT_T0);
+      wv[v] = load_pairs(w, v * bstride + j * kPair);
+    }
     for (int m = 0; m < MR; ++m) {
-      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + m * ldx + k);
-      for (int n = 0; n < kRowsN; ++n) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], xv, wv[n]);
+      const __m512bh xb = broadcast_pair(x + m * ldx + 2 * j);
+      for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], wv[v], xb);
     }
   }
-  for (int m = 0; m < MR; ++m)
-    for (int n = 0; n < kRowsN; ++n) out[m * ldo + n] = _mm512_reduce_add_ps(acc[m][n]);
-}
-
-inline void micro_rows(const uint16_t* x, int64_t ldx, int64_t mr, const uint16_t* w,
-                       int64_t ldw, int64_t K, float* out, int64_t ldo) {
-  switch (mr) {
-    case 1: micro_bf16<1>(x, ldx, w, ldw, K, out, ldo); break;
-    case 2: micro_bf16<2>(x, ldx, w, ldw, K, out, ldo); break;
-    case 3: micro_bf16<3>(x, ldx, w, ldw, K, out, ldo); break;
-    default: micro_bf16<4>(x, ldx, w, ldw, K, out, ldo); break;
+  for (int v = 0; v < NV; ++v) {
+    const int64_t n = n0 + v * kLanes;
+    const int64_t valid = std::min<int64_t>(kLanes, N - n);
+    if (valid <= 0) break;
+    const __mmask16 mask = static_cast<__mmask16>((1u << valid) - 1u);
+    const __m512 s = scale ? _mm512_maskz_loadu_ps(mask, scale + n) : _mm512_set1_ps(1.0f);
+    for (int m = 0; m < MR; ++m) {
+      const __m256i out = (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[m][v], s));  // RNE
+      _mm256_mask_storeu_epi16(y + m * ldy + n, mask, out);
+    }
   }
 }
 
-// Widen 4 int8 rows of length K to bf16 (exact for |q| <= 127).
-inline void widen_int8(const int8_t* q, int64_t ldq, int64_t K, uint16_t* dst) {
-  for (int n = 0; n < kRowsN; ++n)
-    for (int64_t k = 0; k < K; k += 32) {
-      const __m128i lo8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + n * ldq + k));
-      const __m128i hi8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + n * ldq + k + 16));
-      const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo8));
-      const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi8));
-      _mm512_storeu_si512(dst + n * K + k, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
+template <typename W>
+using TileFn = void (*)(const uint16_t*, int64_t, const W*, int64_t, int64_t, const float*,
+                        at::BFloat16*, int64_t, int64_t, int64_t);
+
+template <typename W>
+TileFn<W> pick_tile(int mr, int nv) {  // mr in [1, kMaxMR], nv in [1, kMaxNV]
+#define SG_ROW(R) {&tile<R, 1, W>, &tile<R, 2, W>, &tile<R, 3, W>, &tile<R, 4, W>}
+  static const TileFn<W> table[kMaxMR][kMaxNV] = {SG_ROW(1), SG_ROW(2), SG_ROW(3),
+                                                   SG_ROW(4), SG_ROW(5), SG_ROW(6)};
+#undef SG_ROW
+  return table[mr - 1][nv - 1];
+}
+
+// Widen nv int8 block streams [K2][16][2] to bf16, once per call when several row tiles reuse them.
+void widen_blocks(const int8_t* q, int64_t bstride, int nv, int64_t K2, uint16_t* dst) {
+  for (int v = 0; v < nv; ++v)
+    for (int64_t j = 0; j < K2; ++j)
+      _mm512_storeu_si512(dst + (v * K2 + j) * kPair,
+                          (__m512i)load_pairs(q + v * bstride, j * kPair));
 }
 #endif
 
-// Float32 [M, N] results, columns [n0, n1) -> bf16 output (round to nearest even).
-void store_bf16(const float* src, int64_t M, int64_t N, int64_t n0, int64_t n1, at::BFloat16* y) {
-  for (int64_t m = 0; m < M; ++m) {
-    int64_t n = n0;
-#if SG_HAS_BF16_KERNELS
-    for (; n + 16 <= n1; n += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + m * N + n),
-                          (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + m * N + n)));
-#endif
-    for (; n < n1; ++n) y[m * N + n] = static_cast<at::BFloat16>(src[m * N + n]);
-  }
+// Rows [0, M) in ceil(M / kMaxMR) tiles of near-equal height (M = 9: 5 + 4, not 6 + 3).
+std::vector<int64_t> row_starts(int64_t M) {
+  const int64_t tiles = (M + kMaxMR - 1) / kMaxMR;
+  std::vector<int64_t> starts{0};
+  for (int64_t t = 0; t < tiles; ++t) starts.push_back(starts.back() + M / tiles + (t < M % tiles));
+  return starts;
 }
 
-void check(const at::Tensor& x, const at::Tensor& w) {
+// y[M, N] = x[M, 2 K2] @ unpack(w)^T (* scale): bf16 pairs (w bf16) or weight-only int8.
+at::Tensor run_packed(const at::Tensor& x, const at::Tensor& w, const float* scale, int64_t N) {
   TORCH_CHECK(SG_HAS_BF16_KERNELS, "cpu_linear: built without AVX512_BF16");
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "cpu_linear: CPU tensors only");
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
-              "cpu_linear: x [M, K] and w [N, K]");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "cpu_linear: x must be bfloat16");
-  TORCH_CHECK(x.size(1) % 32 == 0, "cpu_linear: K must be a multiple of 32");
-  TORCH_CHECK(w.size(0) % kRowsN == 0, "cpu_linear: N must be a multiple of 4");
-}
-
-}  // namespace
-
-// kind 0: bf16 weights; kind 1: int8 weights with per-row float scales.
-at::Tensor run_linear(at::Tensor x, at::Tensor w, c10::optional<at::Tensor> scale) {
-  check(x, w);
-  x = x.contiguous();
-  w = w.contiguous();
-  const bool int8 = scale.has_value();
-  TORCH_CHECK(int8 ? w.scalar_type() == at::kChar : w.scalar_type() == at::kBFloat16,
-              "cpu_linear: weight dtype must be int8 (with scale) or bfloat16");
-  at::Tensor s;
-  if (int8) {
-    s = scale->contiguous().to(at::kFloat);
-    TORCH_CHECK(s.numel() == w.size(0), "cpu_linear: one scale per output feature");
-  }
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
+              "cpu_linear: x must be a contiguous bfloat16 [M, K] matrix");
+  TORCH_CHECK(w.dim() == 4 && w.size(2) == kLanes && w.size(3) == 2 && w.is_contiguous(),
+              "cpu_linear: packed weight must be contiguous [ceil(N/16), ceil(K/2), 16, 2]");
+  const int64_t M = x.size(0), Nb = w.size(0), K2 = w.size(1);
+  TORCH_CHECK(x.size(1) == 2 * K2, "cpu_linear: x has ", x.size(1), " columns, the packed weight ",
+              2 * K2, " (pad x with zeros to an even K)");
+  TORCH_CHECK(N > (Nb - 1) * kLanes && N <= Nb * kLanes, "cpu_linear: N does not match the packed blocks");
   auto y = at::empty({M, N}, x.options());
-  auto acc = at::empty({M, N}, x.options().dtype(at::kFloat));
 #if SG_HAS_BF16_KERNELS
+  if (M == 0) return y;
+  const bool int8 = w.scalar_type() == at::kChar;
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
-  float* ap = acc.data_ptr<float>();
-  const int64_t blocks = N / kRowsN;
-  // Grain: enough blocks per task that a task streams >= ~64 KB of weights.
-  const int64_t grain = std::max<int64_t>(1, (64 << 10) / (kRowsN * K * (int8 ? 1 : 2)));
-  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
-    std::vector<uint16_t> wide(int8 ? kRowsN * K : 0);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t n = b * kRowsN;
-      const uint16_t* wp;
-      int64_t ldw = K;
-      if (int8) {
-        widen_int8(w.data_ptr<int8_t>() + n * K, K, K, wide.data());
-        wp = wide.data();
-      } else {
-        wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()) + n * K;
-      }
-      for (int64_t m = 0; m < M; m += kRowsM)
-        micro_rows(xp + m * K, K, std::min(kRowsM, M - m), wp, ldw, K, ap + m * N + n, N);
-      if (int8) {
-        const float* sp = s.data_ptr<float>() + n;
-        for (int64_t m = 0; m < M; ++m)
-          for (int j = 0; j < kRowsN; ++j) ap[m * N + n + j] *= sp[j];
+  at::BFloat16* yp = y.data_ptr<at::BFloat16>();
+  const std::vector<int64_t> rows = row_starts(M);
+  const bool reuse = rows.size() > 2;  // several row tiles read each weight block
+  const int64_t bstride = K2 * kPair;  // values per block stream
+  // Grain: a task streams >= ~64 KB of weights, so small layers do not pay a thread fork.
+  const int64_t grain = std::max<int64_t>(1, (64 << 10) / (bstride * w.element_size()));
+  at::parallel_for(0, Nb, grain, [&](int64_t b0, int64_t b1) {
+    std::vector<uint16_t> wide(int8 && reuse ? kMaxNV * bstride : 0);
+    for (int64_t b = b0; b < b1; b += kMaxNV) {
+      const int nv = static_cast<int>(std::min<int64_t>(kMaxNV, b1 - b));
+      const int64_t n0 = b * kLanes;
+      for (size_t r = 0; r + 1 < rows.size(); ++r) {
+        const int mr = static_cast<int>(rows[r + 1] - rows[r]);
+        const uint16_t* xr = xp + rows[r] * 2 * K2;
+        at::BFloat16* yr = yp + rows[r] * N;
+        if (!int8) {
+          const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()) + b * bstride;
+          pick_tile<uint16_t>(mr, nv)(xr, 2 * K2, wp, bstride, K2, nullptr, yr, N, n0, N);
+        } else if (!reuse) {  // one row tile: widen in registers
+          pick_tile<int8_t>(mr, nv)(xr, 2 * K2, w.data_ptr<int8_t>() + b * bstride, bstride, K2,
+                                    scale, yr, N, n0, N);
+        } else {  // several: widen the blocks once into an L2-sized buffer
+          if (r == 0) widen_blocks(w.data_ptr<int8_t>() + b * bstride, bstride, nv, K2, wide.data());
+          pick_tile<uint16_t>(mr, nv)(xr, 2 * K2, wide.data(), bstride, K2, scale, yr, N, n0, N);
+        }
       }
     }
-    store_bf16(ap, M, N, b0 * kRowsN, b1 * kRowsN, y.data_ptr<at::BFloat16>());
   });
 #endif
   return y;
 }
 
-at::Tensor linear_bf16(at::Tensor x, at::Tensor w) { return run_linear(x, w, c10::nullopt); }
-at::Tensor linear_int8(at::Tensor x, at::Tensor q, at::Tensor scale) {
-  return run_linear(x, q, scale);
+}  // namespace
+
+at::Tensor linear_bf16(at::Tensor x, at::Tensor w, int64_t n) {
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16, "cpu_linear: linear_bf16 takes packed bfloat16 weights");
+  return run_packed(x, w, nullptr, n);
 }
+
+at::Tensor linear_int8(at::Tensor x, at::Tensor q, at::Tensor scale) {
+  TORCH_CHECK(q.scalar_type() == at::kChar, "cpu_linear: linear_int8 takes packed int8 weights");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.dim() == 1 && scale.is_contiguous(),
+              "cpu_linear: scale must be a contiguous float32 [N] vector");
+  return run_packed(x, q, scale.data_ptr<float>(), scale.numel());
+}
+
 bool available() { return SG_HAS_BF16_KERNELS; }
 
 TORCH_LIBRARY(specgrove_cpu_linear, m) {
-  m.def("linear_bf16(Tensor x, Tensor w) -> Tensor");
+  m.def("linear_bf16(Tensor x, Tensor w, int n) -> Tensor");
   m.def("linear_int8(Tensor x, Tensor q, Tensor scale) -> Tensor");
   m.def("available() -> bool");
 }
