@@ -156,7 +156,7 @@ def off_path_us(batch: int, with_metrics: bool, n: int = 20_000) -> float:
     from specgrove.tree import TokenTree
     from specgrove.types import VerifyResult
 
-    obs = Observer(None, GatewayMetrics() if with_metrics else _NoMetrics(), "m", 100)
+    obs = Observer(None, GatewayMetrics() if with_metrics else _NoMetrics(), "m")
     jobs = [SimpleNamespace(span=None, stats=SimpleNamespace(steps=1)) for _ in range(batch)]
     tree, res = TokenTree.chain([1, 2, 3, 4]), VerifyResult(0, (2, 3), 9)
     start = time.perf_counter()
@@ -164,7 +164,7 @@ def off_path_us(batch: int, with_metrics: bool, n: int = 20_000) -> float:
         with obs.step(jobs) as span:
             for job in jobs:
                 obs.step_item(span, job, tree, "lookup", res)
-            obs.step_done(span, [tree] * batch, ["lookup"] * batch, [res] * batch, 10)
+            obs.step_done(span, [tree] * batch, ["lookup"] * batch, [res] * batch, 10, 100)
             for name in ("draft.propose", "draft.expand", "target.forward", "target.accept",
                          "target.commit"):  # the engines' spans: no-op contexts
                 with telemetry.span(name):

@@ -89,6 +89,9 @@ class LocalDraft:
         await self.thread.run(entry.drafter.clear)
         return registry.info(name)
 
+    async def serving(self) -> bool:
+        return True  # in process: it answers whenever it is called
+
     async def close(self) -> None:
         self.thread.shutdown()
         self.loader.shutdown()

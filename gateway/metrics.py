@@ -18,6 +18,7 @@ from typing import Callable
 
 from prometheus_client import (
     CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # The ``*_created`` timestamp series double the scrape and nothing here reads them (vLLM drops
 # them the same way). The switch is process-wide; the gateway owns its process.
@@ -64,6 +65,35 @@ class DraftCounters:
                 self.drafts.labels(drafter), self.draft_tokens.labels(drafter),
                 self.accepted_tokens.labels(drafter), [])
         return children
+
+
+class ReplicaCollector:
+    """Per-replica health and load, read from the replica pools (``gateway.replicas``) at scrape
+    time: replicas come and go (``dns:`` discovery), so no labelled child outlives its replica."""
+
+    def __init__(self, pools: dict) -> None:
+        self.pools = pools  # service name ("target", "draft") -> TargetPool / DraftPool
+
+    def collect(self):
+        serving = GaugeMetricFamily(PREFIX + "replica_serving", "1 while the replica serves new "
+                                    "sequences (health polls and calls), else 0.", labels=["service", "replica"])
+        sequences = GaugeMetricFamily(PREFIX + "replica_sequences", "Sequences the gateway has "
+                                      "placed on the replica.", labels=["service", "replica"])
+        placed = CounterMetricFamily(PREFIX + "replica_sequences_placed", "Sequences the gateway "
+                                     "has placed on the replica since it was first seen.",
+                                     labels=["service", "replica"])
+        kv = GaugeMetricFamily(PREFIX + "replica_kv_cache_usage_perc", "Fraction of the target "
+                               "replica's KV cache blocks in use (0-1), as of its last reply.", labels=["replica"])
+        for service, pool in self.pools.items():
+            for replica in pool.replicas:
+                serving.add_metric([service, replica.address], float(replica.usable))
+                sequences.add_metric([service, replica.address], len(replica.sequences))
+                placed.add_metric([service, replica.address], replica.placed)
+                total = getattr(pool, "totals", {}).get(replica)
+                free = getattr(replica.port, "free_blocks", None)
+                if total and free is not None:
+                    kv.add_metric([replica.address], 1.0 - free / total)
+        yield from (serving, sequences, placed, kv)
 
 
 class GatewayMetrics:
@@ -124,6 +154,9 @@ class GatewayMetrics:
         """The services' health as the gateway last saw it (``/health`` shows the same)."""
         self.serving.labels("target").set_function(lambda: float(target_ok()))
         self.serving.labels("draft").set_function(lambda: float(draft_ok()))
+
+    def bind_replicas(self, pools: dict) -> None:
+        self.registry.register(ReplicaCollector(pools))
 
     def step_item(self, drafter: str, drafted: int, accepted: int) -> None:
         """One sequence's share of a step."""

@@ -44,8 +44,8 @@ def finish_reason(event: Finished | Failed) -> str:
 
 class Observer:
     def __init__(self, tracer: trace.Tracer | None, metrics: GatewayMetrics, model: str,
-                 total_blocks: int, log_requests: bool = False) -> None:
-        self.tracer, self.metrics, self.model, self.total_blocks = tracer, metrics, model, total_blocks
+                 log_requests: bool = False) -> None:
+        self.tracer, self.metrics, self.model = tracer, metrics, model
         self.log_requests = log_requests  # one INFO line per finished request
         self.steps = 0  # steps run by this gateway: the step span's specgrove.step
 
@@ -153,8 +153,9 @@ class Observer:
         self.metrics.step_time.observe(time.perf_counter() - start)
 
     def step_item(self, span: trace.Span | None, job: Job, tree: TokenTree, drafter: str,
-                  result: VerifyResult) -> None:
-        """One job's share of a step: counters, and an event on its request span."""
+                  result: VerifyResult, target_replica: str = "", draft_replica: str = "") -> None:
+        """One job's share of a step: counters, and an event on its request span (with the
+        target and draft replicas that served it)."""
         accepted = len(result.accepted_tokens)
         self.metrics.step_item(drafter, len(tree) - 1, accepted)
         if span is None or job.span is None:
@@ -163,10 +164,11 @@ class Observer:
             "specgrove.step": job.stats.steps, "specgrove.accepted_tokens": accepted,
             "specgrove.new_tokens": accepted + 1, "specgrove.tree.nodes": len(tree),
             "specgrove.tree.depth": tree.depth, "specgrove.drafter": drafter,
+            "specgrove.target.replica": target_replica, "specgrove.draft.replica": draft_replica,
             "specgrove.step.span_id": format(span.get_span_context().span_id, "016x")})
 
     def step_done(self, span: trace.Span | None, trees: Sequence[TokenTree], drafters: Sequence[str],
-                  results: Sequence[VerifyResult], free_blocks: int | None) -> None:
+                  results: Sequence[VerifyResult], free_blocks: int | None, total_blocks: int) -> None:
         """The step span's totals over the batch."""
         if span is None:
             return
@@ -176,11 +178,6 @@ class Observer:
                  "specgrove.accepted_tokens": sum(len(r.accepted_tokens) for r in results),
                  "specgrove.drafter": ",".join(sorted(set(drafters)))}
         if free_blocks is not None:
-            attrs["specgrove.kv.blocks_used"] = self.total_blocks - free_blocks
-            attrs["specgrove.kv.blocks_total"] = self.total_blocks
+            attrs["specgrove.kv.blocks_used"] = total_blocks - free_blocks
+            attrs["specgrove.kv.blocks_total"] = total_blocks
         span.set_attributes(attrs)
-
-    def kv_usage(self, free_blocks: int | None) -> float:
-        if free_blocks is None or not self.total_blocks:
-            return 0.0
-        return 1.0 - free_blocks / self.total_blocks

@@ -59,7 +59,7 @@ async def complete(target: TargetPort, draft: DraftPort, specs: Sequence[JobSpec
     """Start an orchestrator over the two ports, run ``specs``, stop it. ``metrics``: where
     the loop's metrics go (benchmarks read step times there)."""
     info = await target.info()
-    observer = Observer(None, metrics or GatewayMetrics(), info.model, info.total_blocks)
+    observer = Observer(None, metrics or GatewayMetrics(), info.model)
     orch = Orchestrator(cfg, target, draft, codec, info, observer)
     orch.start()
     try:

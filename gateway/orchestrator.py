@@ -8,10 +8,18 @@ running batch: *propose* (``gateway.speculation``: one tree per job), *verify* (
 forward in the target), *postprocess* (append, stream, stop, release). Jobs join and leave only
 between steps (Orca-style iteration-level scheduling, Yu et al. 2022).
 
-Failures: the draft service failing -> root-only trees for a while (``gateway.speculation``).
-The target failing -> every running job ends with 503 and the loop waits for new work. KV
-exhausted in a step -> the newest job is preempted (released, then re-prefilled later with its
-history: recomputation, never corruption).
+Replicas: the target and draft ports are pools (``gateway.replicas``, ``gateway.draft_pool``);
+a sequence is placed on one target replica at prefill (the one with the most free KV blocks) and
+stays there; a step verifies on every replica concurrently. With one replica of each, the loop
+is the single-service loop.
+
+Failures: a draft replica failing -> its sequences register again on another one; every draft
+replica failing -> root-only trees for a while (``gateway.speculation``). A target replica
+failing (unavailable, or no longer serving) -> its sequences are recomputed on the other
+replicas: queued again and re-prefilled with their prompt and output so far, so greedy and
+seeded requests produce the same tokens; with no other replica serving they end with 503. KV
+exhausted in a step -> the newest job of that replica is preempted (released, then re-prefilled
+later with its history: recomputation, never corruption).
 
 Observability: every job reports to the ``Observer`` (metrics; request spans when tracing is
 on); admission batches and steps run inside its ``prefill`` / ``step`` spans, so the calls they
@@ -27,13 +35,15 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Sequence
 
+from gateway.draft_pool import DraftPool
 from gateway.job import Failed, Job, JobSpec
 from gateway.metrics import GatewayMetrics
 from gateway.observe import Observer
+from gateway.replicas import Replica, TargetPool
 from gateway.shadow import ShadowTrack
 from gateway.speculation import Proposer, StepDraft
 from gateway.text import TextCodec
-from specgrove.errors import InvalidRequest, ResourceExhausted, ServiceError
+from specgrove.errors import InvalidRequest, ResourceExhausted, ServiceError, Unavailable
 from specgrove.ports import DraftPort, TargetPort
 from specgrove.types import PrefillRequest, TargetInfo, VerifyItem, VerifyResult
 
@@ -58,19 +68,28 @@ def http_status(exc: ServiceError) -> int:
     return {"INVALID_ARGUMENT": 400, "RESOURCE_EXHAUSTED": 429}.get(exc.code, 503)
 
 
+def target_pool(target: TargetPort | TargetPool, info: TargetInfo) -> TargetPool:
+    """A pool of one around a single target port (in-process callers), or the pool itself."""
+    if isinstance(target, TargetPool):
+        return target
+    pool = TargetPool([target])
+    pool.info, pool.totals[pool.replicas[0]] = info, info.total_blocks
+    return pool
+
+
 class Orchestrator:
-    def __init__(self, cfg: SchedulerConfig, target: TargetPort, draft: DraftPort,
+    def __init__(self, cfg: SchedulerConfig, target: TargetPort | TargetPool, draft: DraftPort | DraftPool,
                  codec: TextCodec | None, info: TargetInfo, observer: Observer | None = None) -> None:
-        self.cfg, self.target, self.draft, self.codec, self.info = cfg, target, draft, codec, info
-        self.obs = observer or Observer(None, GatewayMetrics(), info.model, info.total_blocks)
-        self.proposer = Proposer(draft, info, cfg.adaptive_speculation, cfg.draft_retry_s)
+        self.cfg, self.codec, self.info = cfg, codec, info
+        self.targets = target_pool(target, info)
+        self.draft = draft if isinstance(draft, DraftPool) else DraftPool([draft])
+        self.obs = observer or Observer(None, GatewayMetrics(), info.model)
+        self.proposer = Proposer(self.draft, info, cfg.adaptive_speculation, cfg.draft_retry_s)
         self.proposer.on_shadow_step = self.obs.metrics.shadow_step
         eos = {codec.eos_token_id} if codec is not None and codec.eos_token_id is not None else set()
         self.stop_ids = frozenset(info.eos_token_ids) | eos
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []
-        self.free_blocks = info.free_blocks
-        self.target_ok = True
         self._ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._parked = asyncio.Event()  # set while the loop waits for work, nothing in flight
@@ -109,6 +128,11 @@ class Orchestrator:
         self.running = []
 
     @property
+    def target_ok(self) -> bool:
+        """Whether some target replica serves (``/health``)."""
+        return self.targets.any_serving
+
+    @property
     def idle(self) -> bool:
         """No request queued or running, and no call to a service in flight."""
         return self._parked.is_set() and not self.waiting
@@ -143,8 +167,9 @@ class Orchestrator:
                 await self._schedule()
                 if self.running:
                     await self._step()
-            except ServiceError as exc:  # the target failed
-                await self._target_failed(exc)
+            except ServiceError as exc:  # a service failed where no replica logic applies
+                log.error("service call failed: %s", exc)
+                await self._fail_all(503, f"the target service is unavailable ({exc.code}: {exc})")
             except Exception:  # noqa: BLE001 -- a bug must not kill the loop for everyone
                 log.exception("step failed")
                 await self._fail_all(500, "internal error in the gateway step loop")
@@ -154,21 +179,30 @@ class Orchestrator:
         jobs = list(self.running)
         with self.obs.step(jobs) as span:
             drafts = await self.proposer.propose(jobs)
-            results = await self._verify(jobs, drafts)
-            if results is not None:
-                await self._postprocess(span, jobs, drafts, results)
+            verified = await self._verify(jobs, drafts)
+            if verified:
+                done, done_drafts, results = (list(x) for x in zip(*verified))
+                await self._postprocess(span, done, done_drafts, results)
 
-    async def _verify(self, jobs: list[Job], drafts: list[StepDraft]) -> list[VerifyResult] | None:
-        """One batched verify; None if the KV cache ran out and the newest job was preempted."""
+    async def _verify(self, jobs: list[Job], drafts: list[StepDraft]
+                      ) -> list[tuple[Job, StepDraft, VerifyResult]]:
+        """One batched verify per target replica, concurrently: the jobs whose replica answered,
+        with their results (in batch order). A replica's failure is handled here."""
         started = time.monotonic()
-        try:
-            results = await self.target.verify([VerifyItem(j.seq_id, d.tree) for j, d in zip(jobs, drafts)])
-        except ResourceExhausted:
-            await self._preempt(jobs[-1])
-            return None
-        self.target_ok = True
-        self.proposer.observe(jobs, drafts, results, time.monotonic() - started)
-        return results
+        pairs = {j.seq_id: (j, d) for j, d in zip(jobs, drafts)}
+        calls = await self.targets.verify([VerifyItem(j.seq_id, d.tree) for j, d in zip(jobs, drafts)])
+        verified = sorted(((*pairs[s], r) for c in calls if c.error is None for s, r in zip(c.seq_ids, c.results)),
+                          key=lambda t: jobs.index(t[0]))
+        if verified:
+            self.proposer.observe(*zip(*verified), time.monotonic() - started)
+        for call in calls:
+            if call.error is not None:
+                failed = [pairs[s][0] for s in call.seq_ids]  # in batch order
+                if isinstance(call.error, ResourceExhausted):
+                    await self._requeue([failed[-1]])  # that replica's newest job
+                else:
+                    await self._replica_failed(call.replica, call.error)
+        return verified
 
     async def _postprocess(self, span, jobs: list[Job], drafts: list[StepDraft],
                            results: list[VerifyResult]) -> None:
@@ -178,72 +212,93 @@ class Orchestrator:
             # the step short (the gateway's counters keep the target's whole acceptance).
             kept = min(len(res.accepted_tokens), job.tokens_taken(res.new_tokens))
             job.stats.record(len(draft.tree) - 1, kept, len(jobs), draft.drafter)
-            self.obs.step_item(span, job, draft.tree, draft.label, res)  # before the job may end
+            self.obs.step_item(span, job, draft.tree, draft.label, res,  # before the job may end
+                               self._where(self.targets, job), self._where(self.draft, job))
             job.new_tokens += res.new_tokens
             job.add_features(res.features)
             if not job.add_tokens(res.new_tokens, len(res.accepted_tokens), res.logprobs) or job.cancelled:
                 finished.append(job)
         self.obs.step_done(span, [d.tree for d in drafts], [d.label for d in drafts], results,
-                           self.target.free_blocks)
+                           self.targets.free_blocks, self.targets.total_blocks)
         self.proposer.score_shadows(jobs)
         await self.proposer.flush_shadows([j for j in finished if j.done])  # not the cancelled
         await self._release(finished)
 
+    @staticmethod
+    def _where(pool: TargetPool | DraftPool, job: Job) -> str:
+        replica = pool.replica_of(job.seq_id)
+        return replica.address if replica is not None else ""
+
     # --- joining the batch ---------------------------------------------------------------------
     async def _schedule(self) -> None:
         await self._release([j for j in self.running if j.cancelled])
-        batch = self._admissible()
-        if batch:
-            await self._prefill(batch)
+        await self._leave_unusable_replicas()
+        placed = self._admissible()
+        if placed:
+            await self._prefill(placed)
 
     def _blocks_for(self, job: Job) -> int:
         # Prompt plus one step's worst-case tree: what a prefill and first verify need.
         need = len(job.history) + self.info.max_tree_nodes
         return -(-need // self.info.block_size)
 
-    def _admissible(self) -> list[Job]:
-        """Take waiting jobs while the batch limit and the KV estimate allow."""
-        batch: list[Job] = []
-        budget = self.free_blocks
-        while self.waiting and len(self.running) + len(batch) < self.cfg.max_batch:
+    def _admissible(self) -> list[tuple[Job, Replica]]:
+        """Take waiting jobs while the batch limit and the KV estimate allow, each placed on the
+        target replica with the most free blocks left (``budgets`` counts this batch's too)."""
+        batch: list[tuple[Job, Replica]] = []
+        budgets = self.targets.budgets()
+        while budgets and self.waiting and len(self.running) + len(batch) < self.cfg.max_batch:
             job = self.waiting[0]
             if job.cancelled:
                 self.waiting.popleft()
                 job.finish(Failed(499, "cancelled by the client"))
                 continue
-            if self._blocks_for(job) > budget and (self.running or batch):
+            # The most free blocks; on a tie the fewest sequences, then the fewest placed so far.
+            replica = max(budgets, key=lambda r: (budgets[r], -len(r.sequences), -r.placed))
+            if self._blocks_for(job) > budgets[replica] and (self.running or batch):
                 break  # wait for running sequences to finish and free blocks
             self.waiting.popleft()
-            budget -= self._blocks_for(job)
-            batch.append(job)
+            budgets[replica] -= self._blocks_for(job)
+            batch.append((job, replica))
         return batch
 
-    async def _prefill(self, jobs: list[Job]) -> None:
-        for j in jobs:
-            j.feature_layers = self.proposer.feature_layers(j)
-        # A preempted job comes back with its output so far: the target counts it as output.
-        reqs = [PrefillRequest(j.seq_id, tuple(j.history), j.spec.sampling, j.feature_layers, len(j.tokens))
-                for j in jobs]
-        try:
-            with self.obs.prefill_span(jobs):
-                firsts = await self.target.prefill(reqs)
-        except ServiceError as exc:
-            if isinstance(exc, ResourceExhausted) and self.running:
-                self.waiting.extendleft(reversed(jobs))  # retry once sequences finish
-                return
-            if isinstance(exc, InvalidRequest) and len(jobs) > 1:
-                # The target refused the batch as a whole (nothing changed there): one request it
-                # alone can judge, e.g. a grammar that does not compile, must fail alone.
-                for j in jobs:
-                    await self._prefill([j])
-                return
-            for j in jobs:
-                j.finish(Failed(http_status(exc), str(exc)))
+    async def _prefill(self, placed: list[tuple[Job, Replica]]) -> None:
+        jobs = [j for j, _ in placed]
+        groups: dict[Replica, list[PrefillRequest]] = {}
+        for job, replica in placed:
+            job.feature_layers = self.proposer.feature_layers(job)
+            # A preempted job comes back with its output so far: the target counts it as output.
+            groups.setdefault(replica, []).append(PrefillRequest(
+                job.seq_id, tuple(job.history), job.spec.sampling, job.feature_layers, len(job.tokens)))
+        with self.obs.prefill_span(jobs):
+            calls = await self.targets.prefill(groups)
+        by_id = {j.seq_id: j for j in jobs}
+        for call in calls:
+            group = [by_id[s] for s in call.seq_ids]
+            if call.error is None:
+                await self._started(group, call.results)
+            else:
+                await self._prefill_failed(call.replica, call.error, group)
+
+    async def _prefill_failed(self, replica: Replica, exc: ServiceError, jobs: list[Job]) -> None:
+        if isinstance(exc, ResourceExhausted) and self.running:
+            self.waiting.extendleft(reversed(jobs))  # retry once sequences finish
+        elif isinstance(exc, InvalidRequest) and len(jobs) > 1:
+            # The target refused the batch as a whole (nothing changed there): one request it
+            # alone can judge, e.g. a grammar that does not compile, must fail alone.
+            for job in jobs:
+                await self._prefill([(job, replica)])
+        elif isinstance(exc, Unavailable) and self.targets.others_usable(replica):
+            self.waiting.extendleft(reversed(jobs))  # placed again, on another replica
+            await self._replica_failed(replica, exc)
+        else:
+            for job in jobs:
+                job.finish(Failed(http_status(exc), str(exc)))
             if http_status(exc) == 503:
-                raise
-            return
-        self.target_ok = True
-        self.free_blocks = self.target.free_blocks
+                await self._replica_failed(replica, exc)
+
+    async def _started(self, jobs: list[Job], firsts) -> None:
+        """Prefilled jobs: their first token, then the running batch (or the end already)."""
         for job, res in zip(jobs, firsts):
             job.draft_synced = False
             job.new_tokens = ()
@@ -263,7 +318,7 @@ class Orchestrator:
             if j.cancelled:
                 j.finish(Failed(499, "cancelled by the client"))
             j.shadows_scored.set()
-        self.free_blocks = await self.target.release([j.seq_id for j in jobs])
+        await self.targets.release([j.seq_id for j in jobs])
         await self._release_drafts(jobs)
 
     async def _release_drafts(self, jobs: Sequence[Job], shadows: bool = True) -> None:
@@ -278,29 +333,52 @@ class Orchestrator:
         except ServiceError:
             pass  # the draft service forgets everything when it restarts anyway
 
-    async def _preempt(self, job: Job) -> None:
-        """Free the newest job's KV and queue it for recomputation (prefill of its history)."""
-        log.info("KV cache full: preempting sequence %d", job.seq_id)
-        self.running.remove(job)
-        self.free_blocks = await self.target.release([job.seq_id])
-        await self._release_drafts([job], shadows=False)
-        job.seq_id = next(self._ids)  # a fresh id: the old one may still be cached elsewhere
-        self.waiting.appendleft(job)
+    async def _requeue(self, jobs: Sequence[Job], release: bool = True) -> None:
+        """Queue running jobs for recomputation: a prefill of their history, wherever there is
+        room then. ``release``: free their KV first (preemption); False: their replica failed
+        (``TargetPool.forget`` keeps them as orphans there, freed if it rejoins)."""
+        if release:
+            log.info("KV cache full: preempting sequence(s) %s", [j.seq_id for j in jobs])
+            await self.targets.release([j.seq_id for j in jobs])
+        else:
+            self.targets.forget([j.seq_id for j in jobs])
+        self.running = [j for j in self.running if j not in jobs]
+        await self._release_drafts(jobs, shadows=False)
+        for job in jobs:
+            job.seq_id = next(self._ids)  # a fresh id: the old one may still be cached elsewhere
+        self.waiting.extendleft(reversed(jobs))
 
-    async def _target_failed(self, exc: ServiceError) -> None:
+    async def _replica_failed(self, replica: Replica, exc: ServiceError) -> None:
+        """A target replica failed: its running jobs move to the others, or end with 503 when
+        none serves (or the failure is not one another replica can fix)."""
+        self.targets.mark_down(replica)
+        stranded = [j for j in self.running if self.targets.replica_of(j.seq_id) is replica]
+        if isinstance(exc, Unavailable) and self.targets.others_usable(replica):
+            await self._requeue(stranded, release=False)
+            return
         log.error("target service failed: %s", exc)
-        self.target_ok = False
-        await self._fail_all(503, f"the target service is unavailable ({exc.code}: {exc})")
+        await self._fail(stranded, 503, f"the target service is unavailable ({exc.code}: {exc})")
+
+    async def _leave_unusable_replicas(self) -> None:
+        """Jobs on a replica the health watch saw stop serving (draining, dead, gone from DNS)
+        move to the serving ones before they fail there."""
+        def stranded_on(replica: Replica | None) -> bool:
+            return replica is not None and not replica.usable and self.targets.others_usable(replica)
+
+        stranded = [j for j in self.running if stranded_on(self.targets.replica_of(j.seq_id))]
+        if stranded:
+            await self._requeue(stranded, release=False)
 
     async def _fail_all(self, status: int, message: str) -> None:
-        jobs, self.running = self.running, []
+        await self._fail(list(self.running), status, message)
+
+    async def _fail(self, jobs: list[Job], status: int, message: str) -> None:
+        self.running = [j for j in self.running if j not in jobs]
         for job in jobs:
             job.finish(Failed(status, message))
             job.shadows_scored.set()
-        try:
-            self.free_blocks = await self.target.release([j.seq_id for j in jobs])
-        except ServiceError:
-            pass  # a target that died forgot them; one that answers frees their blocks
+        # A target that died forgot them; one that answers frees their blocks.
+        await self.targets.release([j.seq_id for j in jobs])
         # The draft service outlives a target failure: without this its sequences would leak.
         await self._release_drafts(jobs)
         await asyncio.sleep(0.05)

@@ -1,7 +1,9 @@
 """The gateway process: REST (uvicorn) and gRPC (grpc.aio) front ends over one step loop.
 
-Start-up waits for the target service to answer ``Info`` (it may still be loading), reads the
-tokenizer of the target's model, and starts the step loop. SIGTERM: stop admitting, let running
+Start-up waits for a target replica to answer ``Info`` (it may still be loading), reads the
+tokenizer of the target's model, and starts the step loop. A health watch follows every target
+and draft replica (``gateway.replicas``) and, for ``dns:`` addresses, looks the names up again
+(``gateway.discovery``). SIGTERM: stop admitting, let running
 requests finish within the grace period, then stop both servers. Tracing (``cfg.telemetry``)
 instruments the gRPC server and the channels to the draft / target services, whose calls then
 carry the W3C trace context in their metadata. With ``cfg.tls`` the gRPC port serves TLS (mutual
@@ -18,8 +20,11 @@ from pathlib import Path
 
 import uvicorn
 
+from gateway import discovery
+from gateway.draft_pool import DraftPool
 from gateway.grpc_api import GatewayServicer
 from gateway.http_api import create_app
+from gateway.replicas import TargetPool
 from gateway.state import GatewayConfig, GatewayState
 from gateway.stats_log import StatsLine
 from gateway.text import TextCodec
@@ -35,14 +40,16 @@ log = logging.getLogger("specgrove.gateway")
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 
 
-async def wait_for_target(client: TargetClient, timeout_s: float) -> TargetInfo:
+async def wait_for_target(pool: TargetPool, specs, connect, timeout_s: float) -> TargetInfo:
+    """The pool's model once a target replica answers (names are looked up again meanwhile)."""
     deadline = time.monotonic() + timeout_s
     while True:
+        await discovery.refresh(pool, specs, connect)
         try:
-            return await client.info()
+            return await pool.start()
         except ServiceError as exc:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"target service at {client.address} not ready: {exc}") from exc
+                raise TimeoutError(f"no target replica ready at {', '.join(specs)}: {exc}") from exc
             await asyncio.sleep(0.5)
 
 
@@ -76,9 +83,15 @@ class GatewayServer:
         cfg = self.cfg
         self.telemetry = tel = start_telemetry(cfg.telemetry, "specgrove-gateway")
         token = cfg.service_token or None
-        target = TargetClient(cfg.target, cfg.rpc_timeout_s, tel.client_interceptors(), token, cfg.tls)
-        draft = DraftClient(cfg.draft, cfg.rpc_timeout_s, tel.client_interceptors(), token, cfg.tls)
-        info = await wait_for_target(target, wait_s)
+        self._connect_target = lambda address, name: TargetClient(
+            address, cfg.rpc_timeout_s, tel.client_interceptors(), token, cfg.tls, name)
+        self._connect_draft = lambda address, name: DraftClient(
+            address, cfg.rpc_timeout_s, tel.client_interceptors(), token, cfg.tls, name)
+        targets = await discovery.resolve_all(cfg.targets)
+        drafts = await discovery.resolve_all(cfg.drafts)
+        target = TargetPool([self._connect_target(*a) for a in targets.items()], list(targets))
+        draft = DraftPool([self._connect_draft(*a) for a in drafts.items()], list(drafts))
+        info = await wait_for_target(target, cfg.targets, self._connect_target, wait_s)
         template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
         codec = TextCodec(Path(cfg.model_dir) if cfg.model_dir else model_dir(info.model), template)
         self.state = state = GatewayState(cfg, target, draft, info, codec, tel.tracer)
@@ -108,24 +121,28 @@ class GatewayServer:
                  self.http_port, cfg.host, self.grpc_port)
 
     async def _watch_health(self) -> None:
-        """Follow the services' ``grpc.health.v1`` every ``health_poll_s``: ``/health`` turns 503
-        soon after the target dies and 200 soon after it serves again, with no request needed;
-        the draft's state is reported, never failed on (speculation is optional)."""
-        state = self.state
-        polls = 0
+        """Follow every replica's ``grpc.health.v1`` every ``health_poll_s``: ``/health`` turns
+        503 soon after the last target replica dies and 200 soon after one serves again, with no
+        request needed; a replica that stops serving gets no new sequences, and one that serves
+        again rejoins. The draft's state is reported, never failed on (speculation is optional)."""
+        state, cfg = self.state, self.cfg
+        polls, resolved = 0, time.monotonic()
         while True:
             try:
-                target_ok, draft_ok = await asyncio.gather(state.target.serving(), state.draft.serving())
-                state.orchestrator.target_ok = target_ok
+                if time.monotonic() - resolved >= cfg.resolve_s:
+                    resolved = time.monotonic()
+                    await discovery.refresh(state.target, cfg.targets, self._connect_target)
+                    await discovery.refresh(state.draft, cfg.drafts, self._connect_draft)
+                draft_was_ok = state.draft_ok
+                _, rejoined = await asyncio.gather(state.target.poll(), state.draft.poll())
                 polls += 1
-                if draft_ok and (not state.draft_ok or polls % 20 == 0):
-                    # A restarted draft service: learn its drafters; else now and then, which
+                if state.draft_ok and (rejoined or not draft_was_ok or polls % 20 == 0):
+                    # A restarted draft replica: learn its drafters; else now and then, which
                     # also refreshes what they hold (the drafter_store gauge).
                     await state.refresh_drafters()
-                state.draft_ok = draft_ok
             except Exception:  # noqa: BLE001 -- the watch must outlive any one failed probe
                 log.exception("health probe failed")
-            await asyncio.sleep(self.cfg.health_poll_s)
+            await asyncio.sleep(cfg.health_poll_s)
 
     async def _log_stats(self) -> None:
         stats = StatsLine(self.state.metrics)

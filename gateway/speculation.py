@@ -5,9 +5,10 @@ the target's node limit), decides who drafts -- explicit per-request settings al
 gateway's default speculation only when the load controller (``gateway.controller``) expects it
 to beat plain decoding -- and asks the draft service for one tree per drafting job in one
 batched ``Propose``. Every other job gets a root-only tree (plain decoding through the same
-verify path) with a typed :class:`RootOnly` reason. If the draft service fails, the batch
-decodes root-only for ``draft_retry_s`` and the jobs re-register their full history with it
-afterwards (its state may be gone).
+verify path) with a typed :class:`RootOnly` reason. If the draft service fails (every draft
+replica), the batch decodes root-only for ``draft_retry_s`` and the jobs re-register their full
+history with it afterwards (its state may be gone); a job whose one draft replica failed
+decodes root-only for a step and re-registers on another replica.
 """
 from __future__ import annotations
 
@@ -236,9 +237,15 @@ class Proposer:
             return {}
         if not unsynced and jobs:  # a first draft (prefill, catch-up over the prompt) is no steady-state cost
             self.controller.observe_draft(time.monotonic() - started)
+        trees = {p.seq_id: p for p in props}
         for j in jobs:
             j.new_tokens = ()
-        trees = {p.seq_id: p for p in props}
+            if j.seq_id not in trees:  # its draft replica failed (gateway.draft_pool): root-only
+                j.draft_synced = False  # now, registered again with its history on another one
         for track, _, req in shadows:
-            track.take_tree(trees.pop(req.seq_id).tree)
+            prop = trees.pop(req.seq_id, None)
+            if prop is None:  # its draft state went with a failed replica: the shadow ends
+                track.stopped = True
+            else:
+                track.take_tree(prop.tree)
         return {seq_id: StepDraft(p.tree, p.drafter) for seq_id, p in trees.items()}

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 
 from asyncio_throttle import Throttler
 
+from gateway.draft_pool import DraftPool
 from gateway.job import JobSpec
 from gateway.metrics import GatewayMetrics
 from gateway.observe import Observer
 from gateway.orchestrator import Orchestrator, Overloaded, SchedulerConfig
+from gateway.replicas import TargetPool
 from gateway.text import TextCodec
 from specgrove.auth import KeyPolicy
 from specgrove.errors import InvalidRequest, ServiceError
@@ -27,8 +29,10 @@ ADMIN_METHODS = ("/specgrove.v1.Gateway/LoadDrafter", "/specgrove.v1.Gateway/Unl
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    target: str  # host:port of the target service
-    draft: str  # host:port of the draft service
+    # The target and draft replicas: HOST:PORT, or dns:NAME:PORT for every address of a name
+    # (gateway.discovery); one address or several.
+    target: str | tuple[str, ...]
+    draft: str | tuple[str, ...]
     host: str = "127.0.0.1"
     port: int = 8000
     grpc_port: int = 50050
@@ -49,27 +53,46 @@ class GatewayConfig:
     rpc_timeout_s: float = 30.0
     grace_s: float = 30.0
     health_poll_s: float = 0.5  # how often the services' gRPC health is checked
+    resolve_s: float = 10.0  # how often dns: replica names are looked up again
     telemetry: TelemetryConfig = TelemetryConfig()
 
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.target,) if isinstance(self.target, str) else tuple(self.target)
+
+    @property
+    def drafts(self) -> tuple[str, ...]:
+        return (self.draft,) if isinstance(self.draft, str) else tuple(self.draft)
+
+
 class GatewayState:
-    def __init__(self, cfg: GatewayConfig, target: TargetPort, draft: DraftPort,
+    def __init__(self, cfg: GatewayConfig, target: TargetPort | TargetPool, draft: DraftPort | DraftPool,
                  info: TargetInfo, codec: TextCodec, tracer=None) -> None:
-        self.cfg, self.target, self.draft, self.info, self.codec = cfg, target, draft, info, codec
+        self.cfg, self.info, self.codec = cfg, info, codec
         self.metrics = GatewayMetrics()
-        self.observer = obs = Observer(tracer, self.metrics, info.model, info.total_blocks,
-                                       log_requests=cfg.log_requests)
+        self.observer = obs = Observer(tracer, self.metrics, info.model, log_requests=cfg.log_requests)
         self.orchestrator = orch = Orchestrator(cfg.scheduler, target, draft, codec, info, obs)
-        self.metrics.bind_gauges(lambda: len(orch.running), lambda: len(orch.waiting),
-                                 lambda: obs.kv_usage(target.free_blocks))
+        self.target, self.draft = orch.targets, orch.draft  # the replica pools
+        self.metrics.bind_gauges(lambda: len(orch.running), lambda: len(orch.waiting), self.kv_usage)
         self.drafters: set[str] = set()
         self.default_drafter = ""
         self.draining = False
-        self.draft_ok = True  # the draft service's gRPC health, as last polled
         self.metrics.bind_health(lambda: orch.target_ok, lambda: self.draft_ok)
+        self.metrics.bind_replicas({"target": self.target, "draft": self.draft})
         rate = cfg.max_requests_per_second
         self.throttle = Throttler(rate_limit=rate, period=1.0) if rate > 0 else None
         self.auth = KeyPolicy(cfg.api_keys, cfg.admin_keys, ADMIN_METHODS)
+
+    @property
+    def draft_ok(self) -> bool:
+        """Whether some draft replica serves, as last polled."""
+        return self.draft.any_serving
+
+    def kv_usage(self) -> float:
+        """The fraction of KV blocks in use over the serving target replicas."""
+        free, total = self.target.free_blocks, self.target.total_blocks
+        return 0.0 if free is None or not total else 1.0 - free / total
 
     @property
     def model_names(self) -> tuple[str, ...]:

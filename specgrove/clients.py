@@ -74,11 +74,17 @@ def open_channel(address: str, tls: TlsConfig | None = None, options: Sequence =
 
 class _Client:
     def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = (),
-                 token: str | None = None, tls: TlsConfig | None = None) -> None:
+                 token: str | None = None, tls: TlsConfig | None = None,
+                 server_name: str | None = None) -> None:
+        """``server_name``: the name the server's certificate must carry when ``address`` is
+        one of the addresses a DNS name resolved to (``gateway.discovery``), not that name."""
         self.address = address
         self.timeout_s = timeout_s
         self.metadata = call_metadata(token)  # the service token on every call
-        self.channel = open_channel(address, tls, interceptors=interceptors)
+        options = CHANNEL_OPTIONS
+        if server_name and tls is not None:
+            options += (("grpc.ssl_target_name_override", server_name),)
+        self.channel = open_channel(address, tls, options, interceptors)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def _call(self, method, request, timeout_s: float | None = None):
@@ -108,8 +114,9 @@ class _Client:
 
 class TargetClient(_Client):
     def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = (),
-                 token: str | None = None, tls: TlsConfig | None = None) -> None:
-        super().__init__(address, timeout_s, interceptors, token, tls)
+                 token: str | None = None, tls: TlsConfig | None = None,
+                 server_name: str | None = None) -> None:
+        super().__init__(address, timeout_s, interceptors, token, tls, server_name)
         self.stub = target_pb2_grpc.TargetServiceStub(self.channel)
         self.free_blocks: int | None = None  # as of the last reply that reported it
         self.hidden_size = 0  # from Info: sizes the features a Prefill returns
@@ -155,8 +162,9 @@ class TargetClient(_Client):
 
 class DraftClient(_Client):
     def __init__(self, address: str, timeout_s: float = 30.0, interceptors: Sequence = (),
-                 token: str | None = None, tls: TlsConfig | None = None) -> None:
-        super().__init__(address, timeout_s, interceptors, token, tls)
+                 token: str | None = None, tls: TlsConfig | None = None,
+                 server_name: str | None = None) -> None:
+        super().__init__(address, timeout_s, interceptors, token, tls, server_name)
         self.stub = draft_pb2_grpc.DraftServiceStub(self.channel)
 
     async def info(self) -> DraftInfo:

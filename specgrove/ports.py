@@ -33,6 +33,9 @@ class TargetPort(Protocol):
     async def release(self, seq_ids: Sequence[int]) -> int:
         """Free sequences (unknown ids are ignored); the free KV blocks afterwards."""
 
+    async def serving(self) -> bool:
+        """Whether it serves (``grpc.health.v1`` over gRPC; always in process)."""
+
     async def close(self) -> None:
         """Let go of the connection or thread."""
 
@@ -55,5 +58,7 @@ class DraftPort(Protocol):
     async def list_drafters(self) -> list[DrafterInfo]: ...
 
     async def clear_drafter(self, name: str) -> DrafterInfo: ...
+
+    async def serving(self) -> bool: ...
 
     async def close(self) -> None: ...

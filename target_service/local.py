@@ -70,6 +70,9 @@ class LocalTarget:
         await self._run(release_all)
         return self.free_blocks
 
+    async def serving(self) -> bool:
+        return True  # in process: it answers whenever it is called
+
     async def close(self) -> None:
         self.thread.shutdown()
 

@@ -171,9 +171,8 @@ def check_specgrove_values(name: str, params: dict) -> None:
     if "default_tree" in params:
         parse_tree_option(params["default_tree"])
     if name == "gateway":
-        for key in ("target", "draft"):
-            host, _, port = params[key].rpartition(":")
-            assert host and port.isdigit(), f"--{key} {params[key]!r} is not HOST:PORT"
+        for key in ("target", "draft"):  # the CLI has checked each form (HOST:PORT, dns:NAME:PORT)
+            assert params[key], f"no --{key}"
 
 
 # --- the checks, as functions so that the negative tests can run them on broken copies -------
@@ -363,22 +362,25 @@ def test_secrets_reach_the_cli_through_its_environment_variables():
         assert not any(v in args for v in secret.values())
 
 
-def test_gateway_reaches_target_pod_zero_through_the_headless_service():
+def test_gateway_finds_every_target_and_draft_pod_through_headless_services():
+    """--target / --draft are dns:NAME:PORT over headless Services (one address per pod: the
+    gateway places sequences itself), at the ports the pods serve on; several pods of each."""
     docs = base_docs()
-    sts = by_kind(docs, "StatefulSet")["specgrove-target"]
-    svc = by_kind(docs, "Service")[sts["spec"]["serviceName"]]
-    assert svc["spec"]["clusterIP"] == "None"
     gw = parsed(docs, "Deployment", "specgrove-gateway")
-    host, port = gw["target"].rsplit(":", 1)
-    pod, _, service = host.partition(".")
-    assert service == svc["metadata"]["name"] and pod == f"{sts['metadata']['name']}-0"
-    assert int(port) in {p["port"] for p in svc["spec"]["ports"]}
-    assert int(port) == parsed(docs, "StatefulSet", "specgrove-target")["port"]
-    draft_host, draft_port = gw["draft"].rsplit(":", 1)
-    draft_svc = by_kind(docs, "Service")[draft_host]
-    assert int(draft_port) in {p["port"] for p in draft_svc["spec"]["ports"]}
-    assert int(draft_port) == parsed(docs, "Deployment", "specgrove-draft")["port"]
-    # Single replicas and no surge: two gateways on one target would collide (docs/deploy.md).
+    for option, kind, name in (("target", "StatefulSet", "specgrove-target"),
+                               ("draft", "Deployment", "specgrove-draft")):
+        (address,) = gw[option]
+        assert address.startswith("dns:"), address
+        host, port = address.removeprefix("dns:").rsplit(":", 1)
+        svc = by_kind(docs, "Service")[host]
+        assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+        workload = by_kind(docs, kind)[name]
+        assert svc["spec"]["selector"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+        assert int(port) in {p["port"] for p in svc["spec"]["ports"]}
+        assert int(port) == parsed(docs, kind, name)["port"]
+        assert workload["spec"]["replicas"] >= 2
+    assert by_kind(docs, "StatefulSet")["specgrove-target"]["spec"]["serviceName"] == "specgrove-target"
+    # One gateway, no surge: two gateways on the same targets would collide (docs/deploy.md).
     gw_dep = by_kind(docs, "Deployment")["specgrove-gateway"]
     assert gw_dep["spec"]["replicas"] == 1 and gw_dep["spec"]["strategy"]["type"] == "Recreate"
 
@@ -474,8 +476,8 @@ def test_compose_commands_parse_with_the_cli():
         check_specgrove_values(sub, params)
         parsed_[name] = params
     gw = parsed_["gateway"]
-    assert gw["target"] == f"target:{parsed_['target']['port']}"
-    assert gw["draft"] == f"draft:{parsed_['draft']['port']}"
+    assert gw["target"] == (f"target:{parsed_['target']['port']}",)
+    assert gw["draft"] == (f"draft:{parsed_['draft']['port']}",)
     assert f"{gw['port']}:{gw['port']}" in services["gateway"]["ports"][0]
     # Prometheus scrapes the gateway's port; Grafana's mounts are the files in deploy/.
     prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())

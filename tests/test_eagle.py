@@ -181,7 +181,7 @@ def test_eagle_through_the_gateway_and_grpc_services(tiny_dirs, head_dir):
         info = asyncio.run(load())
         assert info.kind == "eagle" and list(info.feature_layers) == list(LAYERS)
         gw = stack["gw"]
-        free = stack["loop"].run(gw.state.target.info()).free_blocks
+        free = stack["loop"].run(gw.state.target.replicas[0].port.info()).free_blocks
         texts = {}
         for name, spec in (("plain", {"drafter": "none"}), ("eagle", {"drafter": "eagle", "tree": "2,2"}),
                            ("eagle dynamic", {"drafter": "eagle", "tree": {"nodes": 6, "depth": 3}})):
@@ -203,5 +203,5 @@ def test_eagle_through_the_gateway_and_grpc_services(tiny_dirs, head_dir):
         deadline = time.monotonic() + 10
         while not gw.state.orchestrator.idle and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert stack["loop"].run(gw.state.target.info()).free_blocks == free
+        assert stack["loop"].run(gw.state.target.replicas[0].port.info()).free_blocks == free
         assert stack["loop"].run(gw.state.draft.info()).num_sequences == 0

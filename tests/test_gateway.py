@@ -152,7 +152,7 @@ def test_concurrent_requests_are_batched(stack, reference):
 
 def _free_blocks(stack) -> int:
     gw = stack["gw"]
-    return stack["loop"].run(gw.state.target.info()).free_blocks
+    return stack["loop"].run(gw.state.target.replicas[0].port.info()).free_blocks
 
 
 def _wait_idle(stack) -> None:
@@ -344,7 +344,7 @@ def test_a_drafter_loaded_on_the_draft_service_directly_is_usable_at_once(stack)
     from specgrove.clients import DraftClient
 
     async def load():
-        async with DraftClient(stack["gw"].state.draft.address) as d:
+        async with DraftClient(stack["gw"].state.draft.replicas[0].address) as d:
             await d.load_drafter("lookup5", "ngram:5")
 
     asyncio.run(load())

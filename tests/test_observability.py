@@ -147,6 +147,11 @@ def test_one_trace_holds_gateway_draft_and_target_spans(traced):
     assert len(events) == stats["steps"]
     assert sum(e.attrs["specgrove.accepted_tokens"] for e in events) == stats["accepted_tokens"]
     assert sum(e.attrs["specgrove.tree.nodes"] - 1 for e in events) == stats["drafted_tokens"]
+    # Which replicas served each step (one of each here).
+    gw, draft, target = traced["servers"]
+    assert {e.attrs["specgrove.target.replica"] for e in events} == {f"127.0.0.1:{target.port}"}
+    assert {e.attrs["specgrove.draft.replica"] for e in events if e.attrs["specgrove.drafter"] != "none"} \
+        == {f"127.0.0.1:{draft.port}"}
 
     kids = _children(spans)
     steps = _steps_of(spans, req)

@@ -59,3 +59,53 @@ def test_up_serves_and_stops_cleanly(tiny_dirs):
     assert proc.returncode == 0, out
     assert "specgrove is up" in out
     assert not any(_listening(p) for p in (http, grpc_port, tport, dport))
+
+
+def _spaced_ports() -> tuple[int, int]:
+    """Two free ports p whose p + 10 (a second replica's, ``up``'s step) is free too."""
+    while True:
+        a, b = free_ports(2)
+        if len({a, b, a + 10, b + 10}) == 4 and not _listening(a + 10) and not _listening(b + 10):
+            return a, b
+
+
+def test_up_runs_several_target_and_draft_replicas(tiny_dirs):
+    """``--target-replicas`` / ``--draft-replicas``: one process each, all behind the gateway
+    (replica i on the first port + 10 i), requests spread over them, all stopped by SIGTERM."""
+    http, grpc_port = free_ports(2)
+    tport, dport = _spaced_ports()
+    ports = [tport, tport + 10, dport, dport + 10]
+    exe = os.path.join(os.path.dirname(sys.executable), "specgrove")
+    proc = subprocess.Popen(
+        [exe, "up", "--target", str(tiny_dirs["llama"]), "--drafter", "lookup=ngram",
+         "--target-replicas", "2", "--draft-replicas", "2", "--port", str(http),
+         "--grpc-port", str(grpc_port), "--target-port", str(tport), "--draft-port", str(dport),
+         "--kv-blocks", "256", "--log-stats-interval", "0", "--disable-log-requests"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{http}"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
+        for i in range(4):
+            r = client.completions.create(model=str(tiny_dirs["llama"]), prompt=f"a b a b {i}", max_tokens=6,
+                                          temperature=0, extra_body={"speculation": {"drafter": "lookup"}})
+            assert r.usage.completion_tokens == 6
+        metrics = httpx.get(base + "/metrics", timeout=10).text
+        placed = {(line.split('service="')[1].split('"')[0], line.split('replica="')[1].split('"')[0]):
+                  float(line.rsplit(" ", 1)[1])
+                  for line in metrics.splitlines() if line.startswith("specgrove:replica_sequences_placed_total{")}
+        assert {r for _, r in placed} == {f"127.0.0.1:{p}" for p in ports}
+        assert all(n >= 1 for (service, _), n in placed.items() if service == "target")  # spread
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0, out
+    assert not any(_listening(p) for p in [http, grpc_port, *ports])

@@ -104,8 +104,13 @@ def draft(**opts) -> None:
 
 
 @main.command()
-@click.option("--target", default="127.0.0.1:50051", show_default=True, help="Target service HOST:PORT.")
-@click.option("--draft", default="127.0.0.1:50052", show_default=True, help="Draft service HOST:PORT.")
+@click.option("--target", multiple=True, default=("127.0.0.1:50051",), show_default=True,
+              callback=serve_cmds.replica_addresses,
+              help="Target service HOST:PORT, or dns:NAME:PORT for every address of a name, looked "
+                   "up again every 10 s (repeatable: several replicas; each sequence stays on one).")
+@click.option("--draft", multiple=True, default=("127.0.0.1:50052",), show_default=True,
+              callback=serve_cmds.replica_addresses,
+              help="Draft service HOST:PORT or dns:NAME:PORT (repeatable, as --target).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int, help="REST (OpenAI) port.")
 @click.option("--grpc-port", default=50050, show_default=True, type=int, help="gRPC Gateway port.")
@@ -153,6 +158,10 @@ def gateway(**opts) -> None:
 @click.option("--grpc-port", default=50050, show_default=True, type=int)
 @click.option("--target-port", default=50051, show_default=True, type=int)
 @click.option("--draft-port", default=50052, show_default=True, type=int)
+@click.option("--target-replicas", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="Target processes behind the gateway (replica i listens on --target-port + 10i).")
+@click.option("--draft-replicas", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="Draft processes behind the gateway (replica i listens on --draft-port + 10i).")
 @serve_cmds.precision_options
 @click.option("--kv-blocks", default=2048, show_default=True, type=int)
 @click.option("--default-tree", default="8:4", show_default=True)

@@ -156,7 +156,17 @@ def run_draft(target_vocab_from: str, drafters: tuple[str, ...], default: str, p
     asyncio.run(DraftServer(cfg).serve_forever())
 
 
-def run_gateway(target: str, draft: str, host: str, port: int, grpc_port: int, tokenizer: str | None,
+def replica_addresses(ctx, param, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Click callback: every --target / --draft is HOST:PORT or dns:NAME:PORT."""
+    from gateway.discovery import check_address
+
+    try:
+        return tuple(dict.fromkeys(check_address(v) for v in value))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def run_gateway(target: tuple[str, ...], draft: tuple[str, ...], host: str, port: int, grpc_port: int, tokenizer: str | None,
                 api_keys: tuple[str, ...], admin_keys: tuple[str, ...], service_token: str, max_batch: int, max_waiting: int, default_tree: str,
                 max_requests_per_second: int, adaptive_speculation: bool, shadow_drafters: tuple[str, ...],
                 grace_s: float,

@@ -80,6 +80,17 @@ class UpConfig:
     shadow_drafters: tuple[str, ...] = ()  # gateway
     chat_template: str | None = None  # gateway
     log_level: str = "INFO"  # all three
+    target_replicas: int = 1  # target processes; replica i on target_port + REPLICA_PORT_STEP * i
+    draft_replicas: int = 1  # draft processes, likewise from draft_port
+
+    def replica_ports(self, service: str) -> dict[str, int]:
+        """Child name -> port of each replica of ``service`` ("target" or "draft")."""
+        first, count = ((self.target_port, self.target_replicas) if service == "target"
+                        else (self.draft_port, self.draft_replicas))
+        return {service if i == 0 else f"{service}-{i}": first + REPLICA_PORT_STEP * i for i in range(count)}
+
+
+REPLICA_PORT_STEP = 10  # apart, so the default target (50051) and draft (50052) ports interleave
 
 
 def _tracing(cfg: UpConfig, service: str) -> list[str]:
@@ -103,24 +114,34 @@ def default_drafters(target: str) -> tuple[str, ...]:
 
 
 def _commands(cfg: UpConfig, tls: TlsConfig | None = None) -> dict[str, list[str]]:
+    """Each child's command: the target and draft replicas, then the gateway over all of them."""
+    base = _service_commands(cfg, tls)
+    replicas = {name: base[service] + ["--port", str(port)] for service in ("target", "draft")
+                for name, port in cfg.replica_ports(service).items()}
+    return replicas | {"gateway": base["gateway"]}
+
+
+def _service_commands(cfg: UpConfig, tls: TlsConfig | None) -> dict[str, list[str]]:
+    """The three services' commands; a target or draft replica adds its ``--port``."""
     cli = [sys.executable, "-m", "specgrove.cli"]
     tls_args = tls.cli_args() if tls is not None else []  # paths, not secrets: argv is fine
     drafters = [x for d in (cfg.drafters or default_drafters(cfg.target)) for x in ("--drafter", d)]
     machine = ["--device", cfg.device, "--kernels", cfg.kernel_backend, "--log-level", cfg.log_level]
+    replicas = [x for service in ("target", "draft") for p in cfg.replica_ports(service).values()
+                for x in (f"--{service}", f"127.0.0.1:{p}")]
     return {
-        "target": cli + ["target", "--target", cfg.target, "--port", str(cfg.target_port),
+        "target": cli + ["target", "--target", cfg.target,
                          "--dtype", cfg.dtype, "--quantization", cfg.quantization,
                          "--kv-blocks", str(cfg.kv_blocks), "--tp", str(cfg.tp), *machine,
                          "--max-num-seqs", str(cfg.max_num_seqs), "--max-tree-nodes", str(cfg.max_tree_nodes),
                          *(["--max-model-len", str(cfg.max_model_len)] if cfg.max_model_len else []),
                          *tls_args, *_tracing(cfg, "target")],
-        "draft": cli + ["draft", "--target-vocab-from", cfg.target, "--port", str(cfg.draft_port),
+        "draft": cli + ["draft", "--target-vocab-from", cfg.target,
                         "--dtype", cfg.dtype, "--quantization", cfg.quantization, *drafters, *machine,
                         *(["--default", cfg.default_drafter] if cfg.default_drafter else []),
                         *[x for a in cfg.allow_drafters for x in ("--allow-drafter", a)],
                         *tls_args, *_tracing(cfg, "draft")],
-        "gateway": cli + ["gateway", "--target", f"127.0.0.1:{cfg.target_port}",
-                          "--draft", f"127.0.0.1:{cfg.draft_port}", "--host", cfg.host,
+        "gateway": cli + ["gateway", *replicas, "--host", cfg.host,
                           "--port", str(cfg.port), "--grpc-port", str(cfg.grpc_port),
                           "--default-tree", cfg.default_tree, "--drain-timeout", str(cfg.drain_timeout_s),
                           *[x for n in cfg.served_model_names for x in ("--served-model-name", n)],
@@ -232,7 +253,7 @@ class Supervisor:
     def stop(self) -> None:
         """The gateway first (it stops admitting and finishes in-flight requests within its
         drain timeout), then the draft and target services; SIGKILL whatever outlives its grace."""
-        order = [["gateway"], ["draft", "target"]]
+        order = [["gateway"], [n for n in self.children if n != "gateway"]]
         waits = [self.cfg.drain_timeout_s + self.cfg.grace_s, self.cfg.grace_s]
         for names, wait_s in zip(order, waits):
             procs = [c.proc for n in names if (c := self.children.get(n)) and c.proc is not None]
@@ -258,7 +279,8 @@ def child_environments(cfg: UpConfig) -> dict[str, dict[str, str]]:
         gateway["SPECGROVE_API_KEYS"] = " ".join(cfg.api_keys)
     if cfg.admin_keys:
         gateway["SPECGROVE_ADMIN_KEYS"] = " ".join(cfg.admin_keys)
-    return {"target": base, "draft": base, "gateway": gateway}
+    services = {name: base for service in ("target", "draft") for name in cfg.replica_ports(service)}
+    return services | {"gateway": gateway}
 
 
 @contextlib.contextmanager
@@ -302,10 +324,11 @@ def _supervise(cfg: UpConfig, tls: TlsConfig | None, tls_line: str) -> None:
     sup = Supervisor(cfg, _commands(cfg, tls), child_environments(cfg))
     stop_requested = []
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    services = cfg.replica_ports("target") | cfg.replica_ports("draft")
     try:
-        sup.start("target")
-        sup.start("draft")
-        for name, port in (("target", cfg.target_port), ("draft", cfg.draft_port)):
+        for name in services:
+            sup.start(name)
+        for name, port in services.items():
             sup.wait_until(lambda p=port: asyncio.run(_grpc_serving(f"127.0.0.1:{p}", tls)),
                            f"the {name} service")
         sup.start("gateway")
@@ -315,7 +338,8 @@ def _supervise(cfg: UpConfig, tls: TlsConfig | None, tls_line: str) -> None:
                    f"  OpenAI REST  {base}/v1  (health {base}/health)\n"
                    f"  gRPC gateway {cfg.host}:{cfg.grpc_port}\n"
                    + (f"{tls_line}\n" if tls_line else "")
-                   + f"  target {cfg.target_port}, draft {cfg.draft_port}; Ctrl-C stops all three", err=True)
+                   + f"  target {_ports(cfg, 'target')}, draft {_ports(cfg, 'draft')}; Ctrl-C stops them all",
+                   err=True)
         while not stop_requested:
             sup.watch()
             time.sleep(0.25)
@@ -323,3 +347,7 @@ def _supervise(cfg: UpConfig, tls: TlsConfig | None, tls_line: str) -> None:
         pass
     finally:
         sup.stop()
+
+
+def _ports(cfg: UpConfig, service: str) -> str:
+    return ", ".join(str(p) for p in cfg.replica_ports(service).values())
