@@ -71,8 +71,8 @@ class ReplicaCollector:
     """Per-replica health and load, read from the replica pools (``gateway.replicas``) at scrape
     time: replicas come and go (``dns:`` discovery), so no labelled child outlives its replica."""
 
-    def __init__(self, pools: dict) -> None:
-        self.pools = pools  # service name ("target", "draft") -> TargetPool / DraftPool
+    def __init__(self) -> None:
+        self.pools: dict = {}  # service name ("target", "draft") -> TargetPool / DraftPool
 
     def collect(self):
         serving = GaugeMetricFamily(PREFIX + "replica_serving", "1 while the replica serves new "
@@ -134,6 +134,8 @@ class GatewayMetrics:
         self.serving = Gauge(PREFIX + "service_serving",
                              "1 while the service (target, draft) reports SERVING to the gateway's "
                              "health polls, else 0.", ["service"], registry=r)
+        self.replicas = ReplicaCollector()
+        r.register(self.replicas)
 
     def drafter_stats(self, infos) -> None:
         """What each drafter holds (``DrafterInfo.stats``, e.g. the suffix drafter's global
@@ -156,7 +158,8 @@ class GatewayMetrics:
         self.serving.labels("draft").set_function(lambda: float(draft_ok()))
 
     def bind_replicas(self, pools: dict) -> None:
-        self.registry.register(ReplicaCollector(pools))
+        """The replica pools (``gateway.replicas``) the ``replica_*`` series read at scrape time."""
+        self.replicas.pools = pools
 
     def step_item(self, drafter: str, drafted: int, accepted: int) -> None:
         """One sequence's share of a step."""
