@@ -30,7 +30,6 @@ constexpr int64_t kLanes = 16;     // output features per packed block (one zmm 
 constexpr int64_t kPair = 2 * kLanes;  // values per (block, pair index): one zmm of bf16
 constexpr int kMaxNV = 4;          // blocks per register tile (64 outputs)
 constexpr int kMaxMR = 6;          // activation rows per register tile: 6 x 4 = 24 accumulators
-constexpr int64_t kPrefetch = 8;   // pair indices ahead (8 cache lines per bf16 block stream)
 
 #if SG_HAS_BF16_KERNELS
 // 32 weights of block-stream `w` at value offset `off` as bf16 pairs. int8 is widened exactly
@@ -58,23 +57,29 @@ inline __m512bh broadcast_pair(const uint16_t* x) {  // (x[0], x[1]) in all 16 l
   return (__m512bh)_mm512_set1_epi32(pair);
 }
 
+// A byte range to pull into L2 while a tile computes: `lines` cache lines per pair index, from
+// `next` until `end` (both null: nothing to prefetch).
+struct Prefetch {
+  const char* next = nullptr;
+  const char* end = nullptr;
+  int64_t lines = 0;
+};
+
 // y[m][n0 + 16 v + l] = sum_j dot(x[m][2j..2j+1], p[v][j][l][0..1]) (* scale) for m < MR,
 // v < NV. x: [MR rows, stride ldx] bf16 with 2 * K2 values a row; w: NV block streams
 // `bstride` values apart, each [K2][16][2]; scale: [N] or null; y: [.., ldy] bf16, columns >= N
 // not written.
 template <int MR, int NV, typename W>
 void tile(const uint16_t* x, int64_t ldx, const W* w, int64_t bstride, int64_t K2,
-          const float* scale, at::BFloat16* y, int64_t ldy, int64_t n0, int64_t N) {
+          const float* scale, at::BFloat16* y, int64_t ldy, int64_t n0, int64_t N, Prefetch pf) {
   __m512 acc[MR][NV];
   for (int m = 0; m < MR; ++m)
     for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_setzero_ps();
   for (int64_t j = 0; j < K2; ++j) {
+    for (int64_t i = 0; i < pf.lines && pf.next < pf.end; ++i, pf.next += 64)
+      _mm_prefetch(pf.next, _MM_HINT_T1);
     __m512bh wv[NV];
-    for (int v = 0; v < NV; ++v) {
-      _mm_prefetch(reinterpret_cast<const char*>(w + v * bstride + (j + kPrefetch) * kPair),
-                   _MM_HINT_T0);
-      wv[v] = load_pairs(w, v * bstride + j * kPair);
-    }
+    for (int v = 0; v < NV; ++v) wv[v] = load_pairs(w, v * bstride + j * kPair);
     for (int m = 0; m < MR; ++m) {
       const __m512bh xb = broadcast_pair(x + m * ldx + 2 * j);
       for (int v = 0; v < NV; ++v) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], wv[v], xb);
@@ -95,7 +100,7 @@ void tile(const uint16_t* x, int64_t ldx, const W* w, int64_t bstride, int64_t K
 
 template <typename W>
 using TileFn = void (*)(const uint16_t*, int64_t, const W*, int64_t, int64_t, const float*,
-                        at::BFloat16*, int64_t, int64_t, int64_t);
+                        at::BFloat16*, int64_t, int64_t, int64_t, Prefetch);
 
 template <typename W>
 TileFn<W> pick_tile(int mr, int nv) {  // mr in [1, kMaxMR], nv in [1, kMaxNV]
@@ -146,24 +151,41 @@ at::Tensor run_packed(const at::Tensor& x, const at::Tensor& w, const float* sca
   const int64_t bstride = K2 * kPair;  // values per block stream
   // Grain: a task streams >= ~64 KB of weights, so small layers do not pay a thread fork.
   const int64_t grain = std::max<int64_t>(1, (64 << 10) / (bstride * w.element_size()));
+  const char* wbytes = static_cast<const char*>(w.data_ptr());
+  const int64_t block_bytes = bstride * w.element_size();
+  const int64_t tiles = static_cast<int64_t>(rows.size()) - 1;
   at::parallel_for(0, Nb, grain, [&](int64_t b0, int64_t b1) {
     std::vector<uint16_t> wide(int8 && reuse ? kMaxNV * bstride : 0);
     for (int64_t b = b0; b < b1; b += kMaxNV) {
       const int nv = static_cast<int>(std::min<int64_t>(kMaxNV, b1 - b));
       const int64_t n0 = b * kLanes;
-      for (size_t r = 0; r + 1 < rows.size(); ++r) {
+      // With several row tiles the blocks below are read from DRAM once, then from L2, and the
+      // later tiles are compute-bound: they pull this thread's next blocks into L2 meanwhile,
+      // 1/tiles of them each, so memory and compute overlap instead of taking turns.
+      const char* next = wbytes + (b + nv) * block_bytes;
+      const char* next_end = wbytes + std::min(b1, b + nv + kMaxNV) * block_bytes;
+      const int64_t share = (next_end - next + tiles - 1) / tiles;  // bytes per row tile
+      for (int64_t r = 0; r < tiles; ++r) {
         const int mr = static_cast<int>(rows[r + 1] - rows[r]);
         const uint16_t* xr = xp + rows[r] * 2 * K2;
         at::BFloat16* yr = yp + rows[r] * N;
+        Prefetch pf;
+        if (reuse && next < next_end) {
+          pf.next = next + r * share;
+          pf.end = std::min(next_end, pf.next + share);
+          pf.lines = (share + 64 * K2 - 1) / (64 * K2);
+        }
         if (!int8) {
-          const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()) + b * bstride;
-          pick_tile<uint16_t>(mr, nv)(xr, 2 * K2, wp, bstride, K2, nullptr, yr, N, n0, N);
+          const uint16_t* wp = reinterpret_cast<const uint16_t*>(wbytes + b * block_bytes);
+          pick_tile<uint16_t>(mr, nv)(xr, 2 * K2, wp, bstride, K2, nullptr, yr, N, n0, N, pf);
         } else if (!reuse) {  // one row tile: widen in registers
-          pick_tile<int8_t>(mr, nv)(xr, 2 * K2, w.data_ptr<int8_t>() + b * bstride, bstride, K2,
-                                    scale, yr, N, n0, N);
+          const int8_t* qp = reinterpret_cast<const int8_t*>(wbytes + b * block_bytes);
+          pick_tile<int8_t>(mr, nv)(xr, 2 * K2, qp, bstride, K2, scale, yr, N, n0, N, pf);
         } else {  // several: widen the blocks once into an L2-sized buffer
-          if (r == 0) widen_blocks(w.data_ptr<int8_t>() + b * bstride, bstride, nv, K2, wide.data());
-          pick_tile<uint16_t>(mr, nv)(xr, 2 * K2, wide.data(), bstride, K2, scale, yr, N, n0, N);
+          if (r == 0)
+            widen_blocks(reinterpret_cast<const int8_t*>(wbytes + b * block_bytes), bstride, nv, K2,
+                         wide.data());
+          pick_tile<uint16_t>(mr, nv)(xr, 2 * K2, wide.data(), bstride, K2, scale, yr, N, n0, N, pf);
         }
       }
     }
