@@ -121,6 +121,7 @@ def images(tools):
     run = subprocess.run(["bash", str(DEPLOY / "build-images.sh")], cwd=ROOT, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S)
     print(f"\n[docker] build-images.sh: {time.monotonic() - t0:.0f} s (exit {run.returncode})")
+    print("\n".join(line for line in run.stdout.splitlines() if line.startswith("[build-images")))
     if run.returncode != 0:
         pytest.fail(f"deploy/build-images.sh failed (exit {run.returncode}):\n{run.stdout[-6000:]}")
     sizes = {}
