@@ -32,7 +32,6 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TORCH_REQUIREMENT="torch==2.13.0+cpu"
 TORCH_WHEEL_GLOB="torch-2.13.0+cpu-cp311-cp311-*.whl"   # bookworm's python3 is 3.11
 
 say() { printf '[build-images %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -98,6 +97,17 @@ SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-$(mirror_for "$SUITE-security")}"
 [ -n "$MIRROR" ] || die "no apt source for suite '$SUITE' in /etc/apt/sources.list*: set DEBIAN_MIRROR"
 MIRROR="${MIRROR%/}"; SECURITY_MIRROR="${SECURITY_MIRROR%/}"
 
+clear_rootfs() {
+    local dir="$1" m
+    [ -e "$dir" ] || return 0
+    dir="$(cd "$dir" && pwd -P)"
+    # deepest first
+    while read -r m; do
+        umount -l "$m" || die "cannot unmount $m inside $dir: unmount it, then rerun"
+    done < <(awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/mounts | sort -r)
+    rm -rf "$dir"
+}
+
 # ---- 1. base image --------------------------------------------------------------------------
 build_base() {
     if [ "$REBUILD_BASE" = 0 ] && docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
@@ -110,7 +120,9 @@ build_base() {
     [ -f "$keyring" ] || die "no $keyring: apt-get install debian-archive-keyring"
     local rootfs="$WORK/rootfs-$SUITE"
     say "base: debootstrap --variant=minbase $SUITE from $MIRROR into $rootfs"
-    rm -rf "$rootfs"    # a half-made tree from an interrupted run is never reused
+    # A half-made tree from an interrupted run is never reused; anything an interrupted
+    # debootstrap left mounted in it (proc, sys) is unmounted before it is deleted.
+    clear_rootfs "$rootfs"
     mkdir -p "$WORK"
     local t0=$SECONDS
     debootstrap --variant=minbase --keyring="$keyring" "$SUITE" "$rootfs" "$MIRROR" \
@@ -155,8 +167,9 @@ EOF
             --change 'CMD ["/bin/bash"]' \
             --message "debootstrap --variant=minbase $SUITE $MIRROR ($(date -u +%Y-%m-%dT%H:%M:%SZ))" \
             - "$BASE_IMAGE" >/dev/null
-    rm -rf "$rootfs"
-    drop_replaced "$old" "$BASE_IMAGE"
+    clear_rootfs "$rootfs"
+    drop_replaced "$old" "$BASE_IMAGE"   # kept while images built on it remain
+    OLD_BASE="$old"
     say "base: $BASE_IMAGE done in $((SECONDS - t0)) s, $(docker image inspect -f '{{.Size}}' "$BASE_IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 
@@ -193,7 +206,7 @@ find_pip_cert() {
 # network. Sets SERVE_URL.
 SERVE_URL=""
 serve_files() {
-    local serve="$WORK/serve" port py f i
+    local serve="$WORK/serve" port py f
     rm -rf "$serve"; mkdir -p "$serve"
     for f in "$@"; do ln -s "$f" "$serve/"; done
     py="$(command -v python3)" || die "python3 is needed on this machine to serve files to the build"
@@ -204,7 +217,7 @@ serve_files() {
         || die "port $port on 127.0.0.1 is taken: set SPECGROVE_BUILD_SERVE_PORT to a free one (the build cache then starts over once)"
     "$py" -m http.server --bind 127.0.0.1 --directory "$serve" "$port" >"$WORK/serve.log" 2>&1 &
     SERVER_PID=$!
-    for i in $(seq 50); do
+    for _ in $(seq 50); do
         if "$py" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null; then
             SERVE_URL="http://127.0.0.1:$port"; return
         fi
@@ -220,7 +233,7 @@ drop_replaced() {
     local old="$1" tag="$2"
     [ -n "$old" ] && [ "$old" != "$(image_id "$tag")" ] || return 0
     if [ -z "$(docker image inspect -f '{{join .RepoTags ""}}' "$old" 2>/dev/null)" ]; then
-        docker image rm "$old" >/dev/null 2>&1 && say "removed the replaced, untagged image ${old:7:12}" || true
+        if docker image rm "$old" >/dev/null 2>&1; then say "removed the replaced, untagged image ${old:7:12}"; fi
     fi
 }
 
@@ -280,7 +293,10 @@ build_prometheus() {
 }
 
 say "Debian $SUITE from $MIRROR${SECURITY_MIRROR:+ (security: $SECURITY_MIRROR)}; images: $BASE_IMAGE, $IMAGE, $PROM_IMAGE"
+OLD_BASE=""
 if wants base; then build_base; fi
 if wants specgrove; then build_specgrove; fi
 if wants prometheus; then build_prometheus; fi
+# A replaced base is removable once the images on it are rebuilt on the new one.
+[ -z "$OLD_BASE" ] || drop_replaced "$OLD_BASE" "$BASE_IMAGE"
 say "done"
