@@ -13,8 +13,9 @@ outputs are compared with the same requests served without a kill.
     python benchmarks/replicas.py --prompts ../shared/prompts/dev.jsonl --replicas 1,2 \
         --concurrency 8,16 --kill --out benchmarks/results/replicas_cpu.json
 
-On a machine with few cores, replicas share them: expect little or no gain there (each target
-process runs torch with all cores unless ``--threads-per-replica`` sets OMP_NUM_THREADS).
+On a machine with few cores, replicas share them: expect little or no gain there. ``up`` gives
+each of N replicas 1/N of the cores (``OMP_NUM_THREADS``); ``--threads-per-replica T`` sets the
+budget to T x N instead (T = cores oversubscribes them, as before ``up`` split them).
 """
 from __future__ import annotations
 
@@ -39,8 +40,8 @@ from specgrove.service import free_ports  # noqa: E402
 
 def start_up(model: str, replicas: int, port: int, threads: int | None) -> subprocess.Popen:
     env = dict(os.environ)
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+    if threads:  # up splits this budget between the replicas
+        env["OMP_NUM_THREADS"] = str(threads * replicas)
     cmd = [sys.executable, "-m", "specgrove.cli", "up", "--target", model, "--port", str(port),
            "--grpc-port", str(port + 1), "--target-port", str(port + 2), "--draft-port", str(port + 3),
            "--target-replicas", str(replicas), "--log-stats-interval", "0", "--disable-log-requests"]

@@ -116,7 +116,11 @@ class DraftPool:
     async def prefill(self, sequences: Sequence[DraftPrefill]) -> None:
         groups: dict[Replica, list[DraftPrefill]] = {}
         for seq in sequences:
-            replica = self.home.get(seq.seq_id) or min(self._usable(), key=lambda r: len(r.sequences))
+            # fewest sequences; on a tie the least recently placed, so sequential requests
+            # (each finishing before the next arrives) still alternate between replicas
+            replica = self.home.get(seq.seq_id) or min(
+                self._usable(), key=lambda r: (len(r.sequences), r.last_placed)
+            )
             groups.setdefault(replica, []).append(seq)
             self._place(replica, seq.seq_id)  # so the next one in the batch sees its load
         calls = await call_each(groups, lambda r, seqs: r.port.prefill(seqs), lambda s: s.seq_id)

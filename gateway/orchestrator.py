@@ -253,8 +253,8 @@ class Orchestrator:
                 self.waiting.popleft()
                 job.finish(Failed(499, "cancelled by the client"))
                 continue
-            # The most free blocks; on a tie the fewest sequences, then the fewest placed so far.
-            replica = max(budgets, key=lambda r: (budgets[r], -len(r.sequences), -r.placed))
+            # The most free blocks; on a tie the fewest sequences, then the least recently placed.
+            replica = max(budgets, key=lambda r: (budgets[r], -len(r.sequences), -r.last_placed))
             if self._blocks_for(job) > budgets[replica] and (self.running or batch):
                 break  # wait for running sequences to finish and free blocks
             self.waiting.popleft()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -27,6 +28,7 @@ from specgrove.ports import TargetPort
 from specgrove.types import PrefillRequest, PrefillResult, TargetInfo, VerifyItem, VerifyResult
 
 log = logging.getLogger("specgrove.gateway")
+_placement_clock = itertools.count(1)
 
 
 @dataclass(eq=False)  # identity: replicas are dictionary keys
@@ -41,10 +43,12 @@ class Replica:
     orphans: set[int] = field(default_factory=set)  # left there by a failed call: released on rejoin
     misses: int = 0  # health polls in a row it failed
     placed: int = 0  # sequences ever placed on it (a replica that rejoined gets new ones)
+    last_placed: int = 0  # placement clock at its latest sequence: ties go to the least recent
 
     def place(self, seq_id: int) -> None:
         self.sequences.add(seq_id)
         self.placed += 1
+        self.last_placed = next(_placement_clock)
 
     @property
     def usable(self) -> bool:

@@ -1,11 +1,10 @@
 """Build the target's model runner: one process, or tensor-parallel over N ranks."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from specgrove.config import ModelRunConfig
+from specgrove.cpu_threads import thread_share
 from specgrove.runner import ModelRunner
 
 
@@ -18,5 +17,5 @@ def build_runner(run: ModelRunConfig, tp: int = 1, timeout_s: float = 120.0) -> 
     from target_service.tp import start_tp_runner
 
     if tp > 1 and run.torch_device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp))
+        torch.set_num_threads(thread_share(tp))
     return start_tp_runner(run, tp_size=tp, timeout_s=timeout_s)

@@ -108,6 +108,32 @@ def test_sequences_spread_over_replicas_with_unchanged_output(tiny_dirs, referen
     assert [t.engine.num_sequences for t in targets] == [0, 0] and not pool.home
 
 
+def test_one_at_a_time_requests_alternate_between_replicas(tiny_dirs):
+    """Each request ends before the next arrives, so every placement is a tie on load: the least
+    recently placed replica takes it, for targets and drafts alike."""
+    targets = _targets(tiny_dirs, 2)
+    drafts = [_draft(targets), _draft(targets)]
+    specs = [s for s in _specs() if s.budget.speculates]  # these register with a drafter
+
+    async def go():
+        pool, draft_pool = TargetPool(targets), DraftPool(drafts)
+        info = await pool.start()
+        orch = Orchestrator(OFFLINE, pool, draft_pool, None, info)
+        orch.start()
+        try:
+            for spec in specs:
+                (out,) = await run_all(orch, [spec])
+                assert out.error is None
+                await orch.wait_idle()
+        finally:
+            await orch.stop()
+        return pool, draft_pool
+
+    pool, draft_pool = asyncio.run(go())
+    assert [r.placed for r in pool.replicas] == [len(specs) // 2] * 2
+    assert [r.placed for r in draft_pool.replicas] == [len(specs) // 2] * 2
+
+
 @pytest.mark.parametrize("mode", ["dies", "stops serving"])
 def test_a_failing_target_replica_hands_its_sequences_over(tiny_dirs, reference, mode):
     a, b = _targets(tiny_dirs, 2)

@@ -109,3 +109,23 @@ def test_up_runs_several_target_and_draft_replicas(tiny_dirs):
         out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, out
     assert not any(_listening(p) for p in [http, grpc_port, *ports])
+
+
+def test_replicas_on_one_machine_split_its_cores(monkeypatch):
+    """Two replicas with all cores each thrash (OpenMP threads outnumber the cores): each gets
+    its share of the budget, the user's OMP_NUM_THREADS when set; a single one keeps the env."""
+    from specgrove.cli.up_cmd import UpConfig, child_environments
+
+    cfg = UpConfig("m", (), "127.0.0.1", 1, 2, 3, 4, "auto", "none", 64, "8:4",
+                   target_replicas=2, draft_replicas=1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    env = child_environments(cfg)
+    assert env["target"]["OMP_NUM_THREADS"] == env["target-1"]["OMP_NUM_THREADS"] == "3"
+    assert env["draft"]["OMP_NUM_THREADS"] == env["gateway"]["OMP_NUM_THREADS"] == "6"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    env = child_environments(cfg)
+    assert env["target"]["OMP_NUM_THREADS"] == "1"  # never below one thread
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    env = child_environments(cfg)
+    assert env["target"]["OMP_NUM_THREADS"] == str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert "OMP_NUM_THREADS" not in env["draft"]

@@ -159,9 +159,11 @@ def gateway(**opts) -> None:
 @click.option("--target-port", default=50051, show_default=True, type=int)
 @click.option("--draft-port", default=50052, show_default=True, type=int)
 @click.option("--target-replicas", default=1, show_default=True, type=click.IntRange(1, 16),
-              help="Target processes behind the gateway (replica i listens on --target-port + 10i).")
+              help="Target processes behind the gateway (replica i listens on --target-port + 10i); "
+                   "they split the cores (OMP_NUM_THREADS).")
 @click.option("--draft-replicas", default=1, show_default=True, type=click.IntRange(1, 16),
-              help="Draft processes behind the gateway (replica i listens on --draft-port + 10i).")
+              help="Draft processes behind the gateway (replica i listens on --draft-port + 10i); "
+                   "they split the cores (OMP_NUM_THREADS).")
 @serve_cmds.precision_options
 @click.option("--kv-blocks", default=2048, show_default=True, type=int)
 @click.option("--default-tree", default="8:4", show_default=True)

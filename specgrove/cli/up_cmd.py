@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from specgrove.auth import ENV_SERVICE_TOKEN
 from specgrove.clients import open_channel
+from specgrove.cpu_threads import thread_share
 from specgrove.tls import TlsConfig, TlsError, certifies, load as load_tls
 
 
@@ -271,7 +272,8 @@ class Supervisor:
 
 def child_environments(cfg: UpConfig) -> dict[str, dict[str, str]]:
     """Secrets travel in the environment, not in argv (which ``ps`` shows): the service token
-    (the user's, or a fresh random one only these three processes know) and the API keys."""
+    (the user's, or a fresh random one only these three processes know) and the API keys.
+    Several replicas of a service split the cores between them (``OMP_NUM_THREADS``)."""
     base = dict(os.environ)
     base[ENV_SERVICE_TOKEN] = base.get(ENV_SERVICE_TOKEN) or secrets.token_urlsafe(32)
     gateway = dict(base)
@@ -279,7 +281,11 @@ def child_environments(cfg: UpConfig) -> dict[str, dict[str, str]]:
         gateway["SPECGROVE_API_KEYS"] = " ".join(cfg.api_keys)
     if cfg.admin_keys:
         gateway["SPECGROVE_ADMIN_KEYS"] = " ".join(cfg.admin_keys)
-    services = {name: base for service in ("target", "draft") for name in cfg.replica_ports(service)}
+    services = {}
+    for service in ("target", "draft"):
+        replicas = cfg.replica_ports(service)
+        env = base if len(replicas) == 1 else base | {"OMP_NUM_THREADS": str(thread_share(len(replicas)))}
+        services |= {name: env for name in replicas}
     return services | {"gateway": gateway}
 
 

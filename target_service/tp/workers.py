@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from specgrove.cpu_threads import thread_share
 from target_service.tp.env import worker_environ
 from target_service.tp.errors import TPWorkerDied
 from target_service.tp.spec import ShardSpec
@@ -26,7 +27,7 @@ class WorkerProcesses:
 
     @staticmethod
     def spawn(spec: ShardSpec, world_size: int, port: int) -> "WorkerProcesses":
-        threads = str(max(1, len(os.sched_getaffinity(0)) // world_size))
+        threads = str(thread_share(world_size))
         procs = {}
         for rank in range(1, world_size):
             env = {**os.environ, **worker_environ(rank, world_size, port),
