@@ -9,7 +9,9 @@ the 49152 x 576 LM head), each fed its own [M, K] bfloat16 activations, for:
   horizontal reductions), built from its source at commit ``OLD_COMMIT`` under another operator
   namespace, for comparison (skipped when git or the compiler is not there);
 - ``packed bf16`` / ``packed int8``: ``specgrove.kernels.cpu_linear`` (pairs layout, VDPBF16PS
-  register tiles).
+  register tiles);
+- ``amx bf16`` (on CPUs with AMX): oneDNN on weights reordered once at load
+  (``cpu_linear.AmxLinear``), what the layers run from ``AMX_MIN_ROWS`` rows on there.
 
 Variants and heights are interleaved within every repeat (the order rotates), and the table
 reports medians over repeats, so a neighbour's load on the machine hits all variants alike.
@@ -43,7 +45,7 @@ from benchmarks.common import REPO, meta
 from specgrove.kernels import cpu_linear
 
 MODEL = "smollm2-135m-instruct"
-HEIGHTS = (1, 2, 4, 8, 9, 16, 32)
+HEIGHTS = (1, 2, 4, 8, 9, 16, 32)  # default --heights; 300 adds a prefill-sized one
 OLD_COMMIT = "ce7a592"  # the last commit with the row-major kernel
 OLD_SOURCE = "specgrove/kernels/csrc/linear_cpu.cpp"
 
@@ -105,9 +107,11 @@ class RowsInt8:
 def variants(weights: list[torch.Tensor], old: bool) -> dict[str, list]:
     """name -> one callable per linear, in model order."""
     out = {"onednn bf16": [lambda x, w=w: F.linear(x, w) for w in weights],
-           "packed bf16": [cpu_linear.Bf16Linear(w) for w in weights]}
-    int8 = [cpu_linear.Int8Linear(w) for w in weights]
+           "packed bf16": [cpu_linear.Bf16Linear(w, amx=False) for w in weights]}
+    int8 = [cpu_linear.Int8Linear(w, amx=False) for w in weights]
     out["packed int8"] = int8
+    if cpu_linear.amx_available():  # oneDNN on weights reordered once (what M >= AMX_MIN_ROWS runs)
+        out["amx bf16"] = [cpu_linear.AmxLinear(w) for w in weights]
     if old:
         out["rows bf16"] = [RowsBf16(w) for w in weights]
         out["rows int8"] = [RowsInt8(k.q, k.scale) for k in int8]
@@ -115,17 +119,18 @@ def variants(weights: list[torch.Tensor], old: bool) -> dict[str, list]:
 
 
 def linears_table(args) -> dict:
+    heights = args.heights
     weights = model_weights()
     table = variants(weights, build_old_kernel())
     names = list(table)
-    inputs = {m: [torch.randn(m, w.shape[1]).to(torch.bfloat16) for w in weights] for m in HEIGHTS}
+    inputs = {m: [torch.randn(m, w.shape[1]).to(torch.bfloat16) for w in weights] for m in heights}
     # name -> M -> [wall ms], [process CPU ms] (all threads: on a loaded machine, CPU time of
     # one thread is the cleaner kernel-efficiency measure, wall time is what a step pays)
-    wall = {name: {m: [] for m in HEIGHTS} for name in names}
-    cpu = {name: {m: [] for m in HEIGHTS} for name in names}
+    wall = {name: {m: [] for m in heights} for name in names}
+    cpu = {name: {m: [] for m in heights} for name in names}
     loads = []
     for rep in range(args.repeats + 1):  # the first round warms caches and thread pools
-        for m in HEIGHTS:
+        for m in heights:
             for name in names[rep % len(names):] + names[:rep % len(names)]:
                 start, start_cpu = time.perf_counter(), time.process_time()
                 for layer, x in zip(table[name], inputs[m]):
@@ -142,9 +147,9 @@ def linears_table(args) -> dict:
     for label, samples, reduce in (("wall_ms_median", wall, statistics.median), ("wall_ms_min", wall, min),
                                    ("cpu_ms_median", cpu, statistics.median)):
         result[label] = {n: {m: reduce(v) for m, v in by_m.items()} for n, by_m in samples.items()}
-        print(f"{label + ', all linears':<28}" + "".join(f"{'M=' + str(m):>8}" for m in HEIGHTS))
+        print(f"{label + ', all linears':<28}" + "".join(f"{'M=' + str(m):>8}" for m in heights))
         for n in names:
-            print(f"  {n:<26}" + "".join(f"{result[label][n][m]:8.2f}" for m in HEIGHTS))
+            print(f"  {n:<26}" + "".join(f"{result[label][n][m]:8.2f}" for m in heights))
     return result
 
 
@@ -174,7 +179,15 @@ def verify_table(args) -> dict:
     from benchmarks.cpu_decode import ours
 
     engines = {"packed bf16": ours("bfloat16")[0].engine, "packed int8": ours("bfloat16", "int8")[0].engine}
-    if build_old_kernel():
+    if cpu_linear.amx_available():  # the engines above take AMX from AMX_MIN_ROWS rows on
+        engines = {f"{name} + amx": engine for name, engine in engines.items()}
+        for kind in ("bf16", "int8"):
+            engine = ours("bfloat16", "none" if kind == "bf16" else "int8")[0].engine
+            for module in engine.runner.model.modules():
+                if getattr(module, "kernel", None) is not None:
+                    module.kernel.amx = None  # VDPBF16PS at every height
+            engines[f"packed {kind}"] = engine
+    if args.rows and build_old_kernel():
         for kind in ("bf16", "int8"):
             engine = ours("bfloat16", "none" if kind == "bf16" else "int8")[0].engine
             for module in engine.runner.model.modules():
@@ -211,6 +224,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--verify", action="store_true", help="verify ms by tree size instead")
+    ap.add_argument("--no-rows", dest="rows", action="store_false",
+                    help="--verify: leave out the previous kernel")
+    ap.add_argument("--heights", type=lambda v: tuple(int(m) for m in v.split(",")), default=HEIGHTS,
+                    help="comma-separated activation heights M (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default=None, help="JSON file (merged with what it already holds)")
     args = ap.parse_args()
@@ -222,7 +239,7 @@ def main() -> None:
     if args.out:
         path = Path(args.out)
         old = json.loads(path.read_text()) if path.exists() else {}
-        info = meta(model=MODEL, repeats=args.repeats, heights=list(HEIGHTS), loadavg_at_end=os.getloadavg())
+        info = meta(model=MODEL, repeats=args.repeats, heights=list(args.heights), loadavg_at_end=os.getloadavg())
         path.write_text(json.dumps({**old, **result, f"meta_{key}": info}, indent=2))
 
 

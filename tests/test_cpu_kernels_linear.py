@@ -16,10 +16,11 @@ pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="no AVX512_BF
 SHAPES = [(576, 960), (1536, 576), (64, 4), (33, 17), (7, 100), (200, 1), (1, 48), (96, 1000)]
 
 
-def _close(y: torch.Tensor, exact: torch.Tensor) -> bool:
-    # Stated tolerance: bf16 output rounding (2^-8 relative) plus a small absolute term; the
-    # float32 accumulation error is far below it.
-    return bool(((y.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-3).all())
+def _close(y: torch.Tensor, exact: torch.Tensor, roundings: int = 1) -> bool:
+    # Stated tolerance: bf16 output rounding (2^-8 relative each time the result is rounded) plus
+    # a small absolute term; the float32 accumulation error is far below it. int8 on the AMX path
+    # rounds twice: oneDNN's bf16 sums, then the scaled output.
+    return bool(((y.double() - exact).abs() <= exact.abs() * roundings * 2 ** -8 + 1e-3).all())
 
 
 def _case(m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,9 +30,17 @@ def _case(m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, w
 
 
+# Both paths at every height: the VDPBF16PS kernel alone, and (on a CPU with AMX) with oneDNN's
+# AMX linear taking the heights from AMX_MIN_ROWS on.
+AMX = [False, pytest.param(True, marks=pytest.mark.skipif(not cpu_linear.amx_available(),
+                                                         reason="no AMX tiles on this CPU"))]
+
+
+@pytest.mark.parametrize("amx", AMX)
 @pytest.mark.parametrize("k,n", SHAPES)
-def test_bf16_every_height_equals_reference(k, n):
-    layer = cpu_linear.Bf16Linear(w := _case(1, k, n)[1])
+def test_bf16_every_height_equals_reference(k, n, amx):
+    layer = cpu_linear.Bf16Linear(w := _case(1, k, n)[1], amx=amx)
+    assert (layer.amx is not None) == amx
     assert torch.equal(layer.dequantized(), w.float())  # packing keeps every weight
     for m in range(1, 34):
         x = _case(m, k, n)[0]
@@ -43,10 +52,11 @@ def test_bf16_every_height_equals_reference(k, n):
         assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + 1e-4).all(), m
 
 
+@pytest.mark.parametrize("amx", AMX)
 @pytest.mark.parametrize("k,n", SHAPES)
-def test_int8_every_height_equals_reference(k, n):
+def test_int8_every_height_equals_reference(k, n, amx):
     w = _case(1, k, n)[1]
-    layer = cpu_linear.Int8Linear(w)
+    layer = cpu_linear.Int8Linear(w, amx=amx)
     q, scale = cpu_linear.quantize_per_channel(w)
     assert torch.equal(layer.q, q) and torch.equal(layer.scale, scale)
     # the int8 weight is within half a step of the float weight, per channel
@@ -55,19 +65,21 @@ def test_int8_every_height_equals_reference(k, n):
         x = _case(m, k, n)[0]
         y = layer(x)
         assert y.dtype == torch.bfloat16 and y.shape == (m, n)
-        assert _close(y, x.double() @ layer.dequantized().double().t()), m
+        assert _close(y, x.double() @ layer.dequantized().double().t(), 2 if amx else 1), m
         ref = cpu_linear.linear_int8_ref(x, q, scale).float()
-        assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -7 + 1e-4).all(), m
+        # the AMX path rounds twice (the sums, then the scaled output): two bf16 steps
+        assert ((y.float() - ref).abs() <= ref.abs() * 2 ** -6 + 1e-4).all(), m
 
 
+@pytest.mark.parametrize("amx", AMX)
 @pytest.mark.parametrize("m", [1, 5, 16, 33])
-def test_large_vocabulary_head(m):
+def test_large_vocabulary_head(m, amx):
     """The LM head's shape (N = 49152): many blocks split across threads."""
     x, w = _case(m, 576, 49152)
     exact = x.double() @ w.double().t()
-    assert _close(cpu_linear.Bf16Linear(w)(x), exact)
-    int8 = cpu_linear.Int8Linear(w)
-    assert _close(int8(x), x.double() @ int8.dequantized().double().t())
+    assert _close(cpu_linear.Bf16Linear(w, amx=amx)(x), exact)
+    int8 = cpu_linear.Int8Linear(w, amx=amx)
+    assert _close(int8(x), x.double() @ int8.dequantized().double().t(), 2 if amx else 1)
 
 
 def test_leading_dimensions_and_float_inputs():
@@ -88,7 +100,8 @@ def test_pack_round_trip_and_layout():
 
 
 def test_model_on_the_cpu_linears_decodes_like_dense_bf16(tiny_dirs, tmp_path):
-    """A bf16 tiny model with 64-wide layers: logits of the kernels vs oneDNN within bf16 noise."""
+    """A bf16 tiny model with 64-wide layers: logits of the kernels (linears, and the fused
+    element-wise ops) vs oneDNN and the torch expressions within bf16 noise."""
     from tests.helpers import runner
     from specgrove.runner import ForwardItem
 
@@ -96,6 +109,11 @@ def test_model_on_the_cpu_linears_decodes_like_dense_bf16(tiny_dirs, tmp_path):
     fast = runner(tiny_dirs["llama"], dtype=torch.bfloat16, backend="cpu")
     assert fast.model.model.layers[0].mlp.down_proj.kernel is not None
     assert fast.model.model.layers[0].mlp.down_proj.weight.numel() == 0  # not held twice
+    from specgrove.kernels import cpu_elementwise
+    if cpu_elementwise.available():  # and the fused norm, activation and RoPE
+        layer = fast.model.model.layers[0]
+        assert layer.input_layernorm.fused is cpu_elementwise.rms_norm
+        assert layer.mlp.act is cpu_elementwise.silu_mul and layer.self_attn.rope is cpu_elementwise.rope
     quant = runner(tiny_dirs["llama"], dtype=torch.bfloat16, backend="cpu")
     from specgrove.modeling.cpu_kernels import use_cpu_linears
     for module in quant.model.modules():  # back to dense, then int8

@@ -56,21 +56,69 @@ M = 1 streams the 270 MB of bf16 weights at ~24 GB/s. At M = 32 the kernel is co
 ~85% of VDPBF16PS peak (one 512-bit VDPBF16PS per cycle per core on this Zen 4); at M = 16 DRAM
 and compute are about equal and overlap imperfectly. int8 widening costs ~10% over bf16 once the
 kernel is compute-bound (M >= 8).
+
+**AMX.** On a CPU with Intel AMX tiles (Sapphire Rapids and later) a TDPBF16PS does a 16 x 16 x 32
+tile of products per instruction, far above what VDPBF16PS register tiles reach once M needs
+several of them. There, from :data:`AMX_MIN_ROWS` rows on, a layer calls oneDNN's linear on a
+weight it reordered once at load into oneDNN's blocked format (``torch.ops.mkldnn``, the
+primitive PyTorch's Inductor uses for frozen CPU linears); below that, decoding keeps the
+VDPBF16PS kernel, which streams the weights faster at M = 1. Both are float32 sums of exact
+products rounded once to bf16, so they agree within one bf16 step. The reordered copy costs a
+second copy of the bf16 weights (int8 layers: of ``q`` widened to bf16, exactly). Measured on a
+2-core Xeon with AMX, all linears of SmolLM2-135M, ms (``/tmp``-style microbenchmark of
+``benchmarks/cpu_linear.py``'s model-order loop):
+
+=====================  =====  =====  =====  =====  =====  =====
+M                          1      4      8     16     32    300
+=====================  =====  =====  =====  =====  =====  =====
+packed bf16 (VDPBF16PS) 13.9   17.0   21.0   32.5   53.8  439.5
+oneDNN reordered (AMX)  19.0   19.2   18.9   19.9   23.0   66.2
+=====================  =====  =====  =====  =====  =====  =====
+
+``SPECGROVE_CPU_AMX=0`` keeps every height on the VDPBF16PS kernel.
 """
 from __future__ import annotations
+
+import functools
+import os
 
 import torch
 import torch.nn.functional as F
 
-from specgrove.kernels.cpu_build import has_native_bf16, load_library
+from specgrove.kernels.cpu_build import cpu_flags, has_native_bf16, load_library
 
 LANES = 16  # output features per packed block
+AMX_MIN_ROWS = 12  # oneDNN AMX wins clearly from here (table: even at 8-9, 1.5x at 16; int8 at 9 still loses)
 
 
 def available() -> bool:
     """Whether the kernels are built for this CPU (AVX512_BF16 needed)."""
     return has_native_bf16() and load_library("linear_cpu") and bool(
         torch.ops.specgrove_cpu_linear.available())
+
+
+@functools.cache
+def amx_available() -> bool:
+    """Whether oneDNN can run bf16 linears on AMX tiles here (and ``SPECGROVE_CPU_AMX`` is not 0)."""
+    if os.environ.get("SPECGROVE_CPU_AMX", "1") == "0" or not torch.backends.mkldnn.is_available():
+        return False
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # also asks the kernel for the tiles
+    has_tiles = probe() if probe is not None else "amx_tile" in cpu_flags()
+    return bool(has_tiles and "amx_bf16" in cpu_flags())
+
+
+class AmxLinear:
+    """y = x @ w^T through oneDNN on a weight reordered once into its blocked format (AMX tiles)."""
+
+    def __init__(self, w: torch.Tensor) -> None:  # [N, K]
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16).contiguous(), AMX_MIN_ROWS)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [M, K] bf16 -> [M, N] bf16
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+
+
+def _amx(w: torch.Tensor, amx: bool | None) -> AmxLinear | None:
+    return AmxLinear(w) if (amx_available() if amx is None else amx) else None
 
 
 def fits(in_features: int, out_features: int) -> bool:
@@ -126,18 +174,28 @@ def _rows(x: torch.Tensor, k2: int) -> torch.Tensor:
     return flat.contiguous()
 
 
+def _amx_rows(x: torch.Tensor) -> torch.Tensor:
+    """[..., K] -> contiguous bf16 [M, K] (oneDNN takes K as it is)."""
+    return x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
+
+
 class Bf16Linear:
     """y = x @ w^T with the bf16 kernel; ``w``: [N, K] (the checkpoint layout), packed here, so the
-    caller may drop its own copy."""
+    caller may drop its own copy. ``amx``: also keep oneDNN's AMX copy for M >= AMX_MIN_ROWS
+    (None: where the CPU has AMX)."""
 
-    def __init__(self, w: torch.Tensor) -> None:
+    def __init__(self, w: torch.Tensor, amx: bool | None = None) -> None:
         _require()
         self.out_features, self.in_features = w.shape
         self.packed = pack_pairs(w.to(torch.bfloat16))  # [Nb, K2, 16, 2] bf16
+        self.amx = _amx(w, amx)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [..., K] -> [..., N] bf16
-        flat = _rows(x, self.packed.shape[1])
-        y = torch.ops.specgrove_cpu_linear.linear_bf16(flat, self.packed, self.out_features)
+        if self.amx is not None and x.numel() >= AMX_MIN_ROWS * self.in_features:
+            y = self.amx(_amx_rows(x))
+        else:
+            y = torch.ops.specgrove_cpu_linear.linear_bf16(_rows(x, self.packed.shape[1]), self.packed,
+                                                           self.out_features)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def dequantized(self) -> torch.Tensor:  # [N, K] float32: the weight this layer applies
@@ -145,17 +203,23 @@ class Bf16Linear:
 
 
 class Int8Linear:
-    """y = x @ (q * s)^T with the weight-only int8 kernel."""
+    """y = x @ (q * s)^T with the weight-only int8 kernel. With AMX, from AMX_MIN_ROWS rows on:
+    oneDNN on ``q`` widened to bf16 (exact), the scales applied to its bf16 output (one more
+    rounding than the kernel's, which scales the float32 sums)."""
 
-    def __init__(self, w: torch.Tensor) -> None:
+    def __init__(self, w: torch.Tensor, amx: bool | None = None) -> None:
         _require()
         self.out_features, self.in_features = w.shape
         q, self.scale = quantize_per_channel(w)  # [N, K] int8, [N] float32
         self.packed = pack_pairs(q)  # [Nb, K2, 16, 2] int8
+        self.amx = _amx(q, amx)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = _rows(x, self.packed.shape[1])
-        y = torch.ops.specgrove_cpu_linear.linear_int8(flat, self.packed, self.scale)
+        if self.amx is not None and x.numel() >= AMX_MIN_ROWS * self.in_features:
+            y = (self.amx(_amx_rows(x)) * self.scale).to(torch.bfloat16)
+        else:
+            y = torch.ops.specgrove_cpu_linear.linear_int8(_rows(x, self.packed.shape[1]), self.packed,
+                                                           self.scale)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     @property
