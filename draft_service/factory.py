@@ -118,7 +118,7 @@ def eagle_drafter(cfg, state: dict, embed, run: ModelRunConfig):
     from specgrove.modeling.parallel import LayerContext
     from specgrove.runner import ModelExecutor, ModelRunner
 
-    from specgrove.modeling.cpu_kernels import use_cpu_linears
+    from specgrove.modeling.cpu_kernels import use_cpu_kernels
 
     device = run.torch_device
     backend = select_backend(run.kernel_backend, device)
@@ -127,5 +127,5 @@ def eagle_drafter(cfg, state: dict, embed, run: ModelRunConfig):
     ctx = LayerContext(dtype=run.torch_dtype, transposed=transposed)
     model = serving_from_state(cfg, state, embed.to(device), ctx, backend)
     if cpu_kernels and not transposed:
-        use_cpu_linears(model)  # the head stays bfloat16 whatever the target's quantization
+        use_cpu_kernels(model)  # the head stays bfloat16 whatever the target's quantization
     return EagleDrafter(ModelRunner(ModelExecutor(model, run.kv, device), run.kv))

@@ -46,6 +46,7 @@ from typing import Sequence
 
 import torch
 
+from specgrove.kernels.cpu_elementwise import argmax_rows
 from specgrove.tree import TokenTree
 from specgrove.sampling_params import SamplingParams
 
@@ -181,5 +182,5 @@ def target_tokens(logits: torch.Tensor, params: SamplingParams, positions: Seque
     """The target's token at each row of ``logits`` ([N, V]); row n predicts ``positions[n]``.
     Greedy: the argmax. Sampling: the Gumbel-max sample under the position's noise."""
     if params.greedy or noise is None:
-        return logits.argmax(dim=-1).tolist()
+        return argmax_rows(logits).tolist()
     return sampled_tokens(target_logits(logits, params), noise.rows(positions))

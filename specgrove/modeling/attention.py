@@ -47,6 +47,7 @@ class PagedAttention(nn.Module):
             cfg.hidden_size, (q_size, kv_size, kv_size), cfg.qkv_bias, ctx
         )
         self.o_proj = RowParallelLinear(q_size, cfg.hidden_size, ctx)
+        self.rope = apply_rope  # [T, H, D], cos, sin -> [T, H, D]; a fused CPU kernel in bf16
 
     def forward(
         self,
@@ -63,7 +64,7 @@ class PagedAttention(nn.Module):
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = self.rope(q, *rope), self.rope(k, *rope)
         self.backend.write_kv(kv_cache[0], kv_cache[1], k, v.contiguous(), meta.slot_mapping)
         out = self.backend.tree_attention(
             q.contiguous(), kv_cache[0], kv_cache[1], meta.block_tables, meta.kv_lens,

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specgrove.kernels.cpu_elementwise import rms_norm_ref
+from specgrove.kernels.cpu_elementwise import rope_ref as apply_rope  # noqa: F401 -- the model's RoPE
 from specgrove.modeling.config import RopeConfig
 
 
@@ -15,16 +17,17 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, dtype=dtype), requires_grad=False)
+        self.fused = None  # a fused bf16 CPU kernel (modeling.cpu_kernels): (x, weight, eps) -> y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.fused(x, self.weight, self.eps)
         # Normalise in at least float32 (half precision would lose the mean of squares). The HF
         # reference uses float32 even for float64 models; we keep float64 there so that two
         # summation orders of one float64 model (decode vs tree verify) agree to ~1e-13.
         if x.dtype in (torch.float32, torch.float64):  # one fused op, same arithmetic
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        work = x.float()
-        work = work * torch.rsqrt(work.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * work.to(x.dtype)
+        return rms_norm_ref(x, self.weight, self.eps)
 
 
 def rope_inv_freq(rope: RopeConfig, rot_dim: int) -> torch.Tensor:  # [rot_dim / 2] float32
@@ -69,8 +72,3 @@ class RotaryEmbedding(nn.Module):
         sin = self.sin[positions].to(self.dtype).unsqueeze(1)
         return cos, sin
 
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on [T, H, D] with cos/sin [T, 1, D/2]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)

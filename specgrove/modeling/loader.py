@@ -166,7 +166,7 @@ def build_model(
     Otherwise ``transposed`` (default: on CPU) stores linear weights as [in, out], which makes
     oneDNN's one-token GEMV faster; see parallel.py.
     """
-    from specgrove.modeling.cpu_kernels import use_cpu_linears
+    from specgrove.modeling.cpu_kernels import use_cpu_kernels
     from specgrove.modeling.llama import LlamaForCausalLM
 
     cfg = load_config(path)
@@ -180,5 +180,5 @@ def build_model(
         model = LlamaForCausalLM(cfg, ctx, backend)
     load_weights(model, path)
     if cpu_kernels and not transposed:
-        use_cpu_linears(model, quantization)
+        use_cpu_kernels(model, quantization)
     return model.eval()
