@@ -28,6 +28,21 @@ def chat_ids(codec, text: str) -> list[int]:
     return codec.encode_chat([{"role": "user", "content": text}])
 
 
+def cpu_model() -> str:
+    """The CPU's model name and the matrix / bf16 features that change our kernels' numbers
+    (machines with the same core count differ: an EPYC without AMX, a Xeon with it)."""
+    from specgrove.kernels.cpu_build import cpu_flags
+
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    features = [f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni") if f in cpu_flags()]
+    return f"{name} ({', '.join(features)})" if features else name
+
+
 def meta(**extra) -> dict:
     """Where and on what a result was measured."""
     import torch
@@ -40,7 +55,7 @@ def meta(**extra) -> dict:
     except OSError:
         commit, dirty = "unknown", False
     return {"commit": commit + ("+dirty" if dirty else ""), "machine": platform.platform(),
-            "processor": platform.processor(), "cpus": len(os.sched_getaffinity(0)),
+            "processor": platform.processor() or cpu_model(), "cpus": len(os.sched_getaffinity(0)),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, **extra}
 
 

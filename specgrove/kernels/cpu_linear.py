@@ -64,16 +64,20 @@ weight it reordered once at load into oneDNN's blocked format (``torch.ops.mkldn
 primitive PyTorch's Inductor uses for frozen CPU linears); below that, decoding keeps the
 VDPBF16PS kernel, which streams the weights faster at M = 1. Both are float32 sums of exact
 products rounded once to bf16, so they agree within one bf16 step. The reordered copy costs a
-second copy of the bf16 weights (int8 layers: of ``q`` widened to bf16, exactly). Measured on a
-2-core Xeon with AMX, all linears of SmolLM2-135M, ms (``/tmp``-style microbenchmark of
-``benchmarks/cpu_linear.py``'s model-order loop):
+second copy of the bf16 weights (int8 layers: of ``q`` widened to bf16, exactly). Measured with
+``benchmarks/cpu_linear.py --heights 1,2,4,8,9,16,32,64,300`` on a 2-core Xeon with AMX, all
+linears of SmolLM2-135M, ms, medians of 5 (``benchmarks/results/cpu_linear_xeon_amx.json``):
 
-=====================  =====  =====  =====  =====  =====  =====
-M                          1      4      8     16     32    300
-=====================  =====  =====  =====  =====  =====  =====
-packed bf16 (VDPBF16PS) 13.9   17.0   21.0   32.5   53.8  439.5
-oneDNN reordered (AMX)  19.0   19.2   18.9   19.9   23.0   66.2
-=====================  =====  =====  =====  =====  =====  =====
+=======================  =====  =====  =====  =====  =====  =====  =====
+M                            1      4      8     16     32     64    300
+=======================  =====  =====  =====  =====  =====  =====  =====
+packed bf16 (VDPBF16PS)   15.0   16.8   22.6   31.7   53.3   96.9  442.2
+oneDNN, reordered (AMX)   19.8   21.1   22.0   21.8   26.9   31.8   87.2
+oneDNN, ``F.linear``      29.3   35.2   31.1   32.6   36.1   47.0  111.0
+=======================  =====  =====  =====  =====  =====  =====  =====
+
+(AMX at M = 1: the minimum; its median, 31.9, was one noisy repeat.) The two paths are even at
+8-9 rows; :data:`AMX_MIN_ROWS` is 12 because int8 at 9 rows is still faster on its kernel.
 
 ``SPECGROVE_CPU_AMX=0`` keeps every height on the VDPBF16PS kernel.
 """
