@@ -158,14 +158,15 @@ def prefill_ms(engine, n: int = 1024) -> float:
 
 
 def int8_quality(args, bf16_ports, int8_ports, rows) -> dict:
-    """Greedy agreement of int8 with bf16 over max_tokens, and the perplexity of bf16's
-    outputs under each (teacher-forced with the target's own runner)."""
+    """Greedy agreement of int8 with bf16 over max_tokens (position by position, so one early
+    near-tie makes the rest differ), the teacher-forced top-1 agreement on bf16's outputs (each
+    position judged on the same prefix), and the perplexity of bf16's outputs under each."""
     from gateway.text import TextCodec
     from specgrove.modeling.loader import resolve_model
     from specgrove.runner import ForwardItem
 
     codec = TextCodec(resolve_model(MODEL))
-    agree, total, nll = 0, 0, {"bf16": 0.0, "int8": 0.0}
+    agree, forced, total, nll = 0, 0, 0, {"bf16": 0.0, "int8": 0.0}
     for row in rows:
         prompt = chat_ids(codec, row["prompt"])
         _, _, a = decode_tps(bf16_ports, prompt, args.max_tokens, None)
@@ -173,6 +174,7 @@ def int8_quality(args, bf16_ports, int8_ports, rows) -> dict:
         agree += sum(x == y for x, y in zip(a, b))
         total += len(a)
         seq = tuple(prompt) + tuple(a)
+        top1 = {}
         for name, ports in (("bf16", bf16_ports), ("int8", int8_ports)):
             runner = ports[0].engine.runner
             runner.blocks.add_sequence(999)
@@ -180,7 +182,9 @@ def int8_quality(args, bf16_ports, int8_ports, rows) -> dict:
             runner.blocks.free(999)
             logp = logits[len(prompt) - 1:-1].float().log_softmax(-1)
             nll[name] -= logp.gather(-1, torch.tensor(a)[:, None]).sum().item()
-    return {"greedy_agreement": agree / total,
+            top1[name] = logp.argmax(-1)
+        forced += int((top1["bf16"] == top1["int8"]).sum())
+    return {"greedy_agreement": agree / total, "teacher_forced_top1_agreement": forced / total,
             "ppl_bf16_outputs": {k: math.exp(v / total) for k, v in nll.items()}}
 
 

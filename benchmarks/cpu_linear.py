@@ -10,8 +10,11 @@ the 49152 x 576 LM head), each fed its own [M, K] bfloat16 activations, for:
   namespace, for comparison (skipped when git or the compiler is not there);
 - ``packed bf16`` / ``packed int8``: ``specgrove.kernels.cpu_linear`` (pairs layout, VDPBF16PS
   register tiles);
-- ``amx bf16`` (on CPUs with AMX): oneDNN on weights reordered once at load
-  (``cpu_linear.AmxLinear``), what the layers run from ``AMX_MIN_ROWS`` rows on there.
+- ``amx bf16`` / ``amx int8`` (on CPUs with AMX): the same packed weights on AMX tiles at every
+  height (the layers use them from ``AMX_MIN_ROWS`` rows on);
+- ``onednn amx bf16`` (on CPUs with AMX): oneDNN's linear on weights reordered once into its
+  blocked format (``torch.ops.mkldnn``, what Inductor uses for frozen CPU linears), for
+  comparison.
 
 Variants and heights are interleaved within every repeat (the order rotates), and the table
 reports medians over repeats, so a neighbour's load on the machine hits all variants alike.
@@ -81,6 +84,16 @@ def build_old_kernel() -> bool:
     return True
 
 
+class OneDnnReordered:
+    """oneDNN's linear on a weight reordered once into its blocked format (AMX where present)."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16).contiguous(), 16)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
+
+
 class RowsBf16:
     """The previous bf16 kernel over the [N, K] weight (K % 32 == 0, N % 4 == 0)."""
 
@@ -110,8 +123,12 @@ def variants(weights: list[torch.Tensor], old: bool) -> dict[str, list]:
            "packed bf16": [cpu_linear.Bf16Linear(w, amx=False) for w in weights]}
     int8 = [cpu_linear.Int8Linear(w, amx=False) for w in weights]
     out["packed int8"] = int8
-    if cpu_linear.amx_available():  # oneDNN on weights reordered once (what M >= AMX_MIN_ROWS runs)
-        out["amx bf16"] = [cpu_linear.AmxLinear(w) for w in weights]
+    if cpu_linear.amx_available():
+        ops = torch.ops.specgrove_cpu_linear
+        out["amx bf16"] = [lambda x, k=k: ops.linear_bf16_amx(x, k.packed, k.out_features)
+                           for k in out["packed bf16"]]
+        out["amx int8"] = [lambda x, k=k: ops.linear_int8_amx(x, k.packed, k.scale) for k in int8]
+        out["onednn amx bf16"] = [OneDnnReordered(w) for w in weights]
     if old:
         out["rows bf16"] = [RowsBf16(w) for w in weights]
         out["rows int8"] = [RowsInt8(k.q, k.scale) for k in int8]
@@ -121,7 +138,7 @@ def variants(weights: list[torch.Tensor], old: bool) -> dict[str, list]:
 def linears_table(args) -> dict:
     heights = args.heights
     weights = model_weights()
-    table = variants(weights, build_old_kernel())
+    table = variants(weights, args.rows and build_old_kernel())
     names = list(table)
     inputs = {m: [torch.randn(m, w.shape[1]).to(torch.bfloat16) for w in weights] for m in heights}
     # name -> M -> [wall ms], [process CPU ms] (all threads: on a loaded machine, CPU time of
@@ -185,7 +202,7 @@ def verify_table(args) -> dict:
             engine = ours("bfloat16", "none" if kind == "bf16" else "int8")[0].engine
             for module in engine.runner.model.modules():
                 if getattr(module, "kernel", None) is not None:
-                    module.kernel.amx = None  # VDPBF16PS at every height
+                    module.kernel.amx = False  # VDPBF16PS at every height
             engines[f"packed {kind}"] = engine
     if args.rows and build_old_kernel():
         for kind in ("bf16", "int8"):
@@ -225,7 +242,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--verify", action="store_true", help="verify ms by tree size instead")
     ap.add_argument("--no-rows", dest="rows", action="store_false",
-                    help="--verify: leave out the previous kernel")
+                    help="leave out the previous kernel")
     ap.add_argument("--heights", type=lambda v: tuple(int(m) for m in v.split(",")), default=HEIGHTS,
                     help="comma-separated activation heights M (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

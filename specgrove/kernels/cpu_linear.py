@@ -57,27 +57,34 @@ M = 1 streams the 270 MB of bf16 weights at ~24 GB/s. At M = 32 the kernel is co
 and compute are about equal and overlap imperfectly. int8 widening costs ~10% over bf16 once the
 kernel is compute-bound (M >= 8).
 
-**AMX.** On a CPU with Intel AMX tiles (Sapphire Rapids and later) a TDPBF16PS does a 16 x 16 x 32
-tile of products per instruction, far above what VDPBF16PS register tiles reach once M needs
-several of them. There, from :data:`AMX_MIN_ROWS` rows on, a layer calls oneDNN's linear on a
-weight it reordered once at load into oneDNN's blocked format (``torch.ops.mkldnn``, the
-primitive PyTorch's Inductor uses for frozen CPU linears); below that, decoding keeps the
-VDPBF16PS kernel, which streams the weights faster at M = 1. Both are float32 sums of exact
-products rounded once to bf16, so they agree within one bf16 step. The reordered copy costs a
-second copy of the bf16 weights (int8 layers: of ``q`` widened to bf16, exactly). Measured with
-``benchmarks/cpu_linear.py --heights 1,2,4,8,9,16,32,64,300`` on a 2-core Xeon with AMX, all
-linears of SmolLM2-135M, ms, medians of 5 (``benchmarks/results/cpu_linear_xeon_amx.json``):
+**AMX.** On a CPU with Intel AMX tiles (Sapphire Rapids and later) the same packed weights run
+on tiles (bf16 at every height, int8 from 8 rows: :data:`AMX_MIN_ROWS`): the pairs layout is already AMX's B operand (16 pair
+indices of one block, ``[16][16][2]``, are one 16-row x 64-byte tile, 1 KB contiguous), x is
+read in place as 16-row x 32-value A tiles, and TDPBF16PS adds a 16 x 16 x 32 product per
+instruction into float32 C tiles: the same exact products and float32 sums as VDPBF16PS (the
+summation order differs, so results agree within one bf16 step), 32 times the work per
+instruction. Each thread takes groups of 4 blocks (64 outputs) and runs every 16-row chunk of x
+against them, so weights stream from memory once per call (int8 groups are widened to bf16
+once into an L2 buffer). K must be a multiple of 32; other layers stay on the register tiles.
+The process asks the kernel for the tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``) at first use.
 
-=======================  =====  =====  =====  =====  =====  =====  =====
-M                            1      4      8     16     32     64    300
-=======================  =====  =====  =====  =====  =====  =====  =====
-packed bf16 (VDPBF16PS)   15.0   16.8   22.6   31.7   53.3   96.9  442.2
-oneDNN, reordered (AMX)   19.8   21.1   22.0   21.8   26.9   31.8   87.2
-oneDNN, ``F.linear``      29.3   35.2   31.1   32.6   36.1   47.0  111.0
-=======================  =====  =====  =====  =====  =====  =====  =====
+Measured with ``benchmarks/cpu_linear.py --no-rows --heights 1,2,4,8,16,32,300`` on a 2-core
+Xeon with AMX, all linears of SmolLM2-135M, ms, medians of 5
+(``benchmarks/results/cpu_linear_xeon_amx.json``):
 
-(AMX at M = 1: the minimum; its median, 31.9, was one noisy repeat.) The two paths are even at
-8-9 rows; :data:`AMX_MIN_ROWS` is 12 because int8 at 9 rows is still faster on its kernel.
+=========================  =====  =====  =====  =====  =====  =====  =====
+M                              1      2      4      8     16     32    300
+=========================  =====  =====  =====  =====  =====  =====  =====
+packed bf16, VDPBF16PS      12.5   13.6   14.7   18.4   27.2   46.2  382.9
+packed bf16, AMX tiles      11.1   11.4   11.4   11.3   11.4   14.8   59.8
+packed int8, VDPBF16PS       8.7    9.3   11.6   16.8   27.7   48.2  383.5
+packed int8, AMX tiles      14.0   13.8   14.8   14.9   15.0   18.4   79.5
+oneDNN ``F.linear``         25.8   25.2   25.3   25.6   26.0   28.2   74.9
+oneDNN, reordered weights   20.7   17.2   17.1   17.6   17.7   20.6   66.6
+=========================  =====  =====  =====  =====  =====  =====  =====
+
+On AMX a 16-row linear costs what a 1-row one does: the weights stream at the same speed and
+the tiles' arithmetic hides behind it.
 
 ``SPECGROVE_CPU_AMX=0`` keeps every height on the VDPBF16PS kernel.
 """
@@ -89,10 +96,14 @@ import os
 import torch
 import torch.nn.functional as F
 
-from specgrove.kernels.cpu_build import cpu_flags, has_native_bf16, load_library
+from specgrove.kernels.cpu_build import has_native_bf16, load_library
 
 LANES = 16  # output features per packed block
-AMX_MIN_ROWS = 12  # oneDNN AMX wins clearly from here (table: even at 8-9, 1.5x at 16; int8 at 9 still loses)
+AMX_PAIRS = 16  # pair indices per AMX B tile: the AMX path needs K to be a multiple of 32
+# Rows from which a layer runs on AMX tiles (table above): bf16 at every height (even one row
+# streams faster through tile loads); int8 from 8, below which widening each group to bf16
+# costs more than the register tiles' in-register widening.
+AMX_MIN_ROWS = {"bf16": 1, "int8": 8}
 
 
 def available() -> bool:
@@ -103,26 +114,17 @@ def available() -> bool:
 
 @functools.cache
 def amx_available() -> bool:
-    """Whether oneDNN can run bf16 linears on AMX tiles here (and ``SPECGROVE_CPU_AMX`` is not 0)."""
-    if os.environ.get("SPECGROVE_CPU_AMX", "1") == "0" or not torch.backends.mkldnn.is_available():
-        return False
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # also asks the kernel for the tiles
-    has_tiles = probe() if probe is not None else "amx_tile" in cpu_flags()
-    return bool(has_tiles and "amx_bf16" in cpu_flags())
+    """Whether the AMX path is built for this CPU and the OS grants this process the tile state
+    (and ``SPECGROVE_CPU_AMX`` is not 0)."""
+    return os.environ.get("SPECGROVE_CPU_AMX", "1") != "0" and available() and bool(
+        torch.ops.specgrove_cpu_linear.amx_available())
 
 
-class AmxLinear:
-    """y = x @ w^T through oneDNN on a weight reordered once into its blocked format (AMX tiles)."""
-
-    def __init__(self, w: torch.Tensor) -> None:  # [N, K]
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(w.to(torch.bfloat16).contiguous(), AMX_MIN_ROWS)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [M, K] bf16 -> [M, N] bf16
-        return torch.ops.mkldnn._linear_pointwise(x, self.weight, None, "none", [], "")
-
-
-def _amx(w: torch.Tensor, amx: bool | None) -> AmxLinear | None:
-    return AmxLinear(w) if (amx_available() if amx is None else amx) else None
+def _use_amx(amx: bool | None, in_features: int) -> bool:
+    """AMX for this layer: asked for (None: where available) and K a whole number of tiles."""
+    if amx is None:
+        amx = amx_available()
+    return amx and in_features % (2 * AMX_PAIRS) == 0
 
 
 def fits(in_features: int, out_features: int) -> bool:
@@ -178,28 +180,22 @@ def _rows(x: torch.Tensor, k2: int) -> torch.Tensor:
     return flat.contiguous()
 
 
-def _amx_rows(x: torch.Tensor) -> torch.Tensor:
-    """[..., K] -> contiguous bf16 [M, K] (oneDNN takes K as it is)."""
-    return x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
-
-
 class Bf16Linear:
     """y = x @ w^T with the bf16 kernel; ``w``: [N, K] (the checkpoint layout), packed here, so the
-    caller may drop its own copy. ``amx``: also keep oneDNN's AMX copy for M >= AMX_MIN_ROWS
-    (None: where the CPU has AMX)."""
+    caller may drop its own copy. ``amx``: AMX tiles from AMX_MIN_ROWS["bf16"] rows (None:
+    where available)."""
 
     def __init__(self, w: torch.Tensor, amx: bool | None = None) -> None:
         _require()
         self.out_features, self.in_features = w.shape
         self.packed = pack_pairs(w.to(torch.bfloat16))  # [Nb, K2, 16, 2] bf16
-        self.amx = _amx(w, amx)
+        self.amx = _use_amx(amx, self.in_features)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [..., K] -> [..., N] bf16
-        if self.amx is not None and x.numel() >= AMX_MIN_ROWS * self.in_features:
-            y = self.amx(_amx_rows(x))
-        else:
-            y = torch.ops.specgrove_cpu_linear.linear_bf16(_rows(x, self.packed.shape[1]), self.packed,
-                                                           self.out_features)
+        flat = _rows(x, self.packed.shape[1])
+        op = torch.ops.specgrove_cpu_linear
+        kernel = op.linear_bf16_amx if self.amx and flat.shape[0] >= AMX_MIN_ROWS["bf16"] else op.linear_bf16
+        y = kernel(flat, self.packed, self.out_features)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def dequantized(self) -> torch.Tensor:  # [N, K] float32: the weight this layer applies
@@ -207,23 +203,21 @@ class Bf16Linear:
 
 
 class Int8Linear:
-    """y = x @ (q * s)^T with the weight-only int8 kernel. With AMX, from AMX_MIN_ROWS rows on:
-    oneDNN on ``q`` widened to bf16 (exact), the scales applied to its bf16 output (one more
-    rounding than the kernel's, which scales the float32 sums)."""
+    """y = x @ (q * s)^T with the weight-only int8 kernel (AMX tiles from AMX_MIN_ROWS["int8"] rows,
+    on ``q`` widened to bf16 per group of blocks)."""
 
     def __init__(self, w: torch.Tensor, amx: bool | None = None) -> None:
         _require()
         self.out_features, self.in_features = w.shape
         q, self.scale = quantize_per_channel(w)  # [N, K] int8, [N] float32
         self.packed = pack_pairs(q)  # [Nb, K2, 16, 2] int8
-        self.amx = _amx(q, amx)
+        self.amx = _use_amx(amx, self.in_features)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.amx is not None and x.numel() >= AMX_MIN_ROWS * self.in_features:
-            y = (self.amx(_amx_rows(x)) * self.scale).to(torch.bfloat16)
-        else:
-            y = torch.ops.specgrove_cpu_linear.linear_int8(_rows(x, self.packed.shape[1]), self.packed,
-                                                           self.scale)
+        flat = _rows(x, self.packed.shape[1])
+        op = torch.ops.specgrove_cpu_linear
+        kernel = op.linear_int8_amx if self.amx and flat.shape[0] >= AMX_MIN_ROWS["int8"] else op.linear_int8
+        y = kernel(flat, self.packed, self.scale)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     @property
