@@ -101,6 +101,8 @@ class Job:
         self.events: asyncio.Queue[Event] = asyncio.Queue()
         self.tokens: list[int] = []
         self.stats = JobStats()
+        self.adaptive_steps = 0  # drafting steps on the default speculation (the load controller's record)
+        self.adaptive_accepted = 0  # draft tokens accepted in those
         self.cancelled = False
         self.done = False
         self.new_tokens: tuple[int, ...] = ()  # since the last Propose (the draft's catch-up)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from gateway.controller import SpeculationController
+from gateway.controller import SeqRecord, SpeculationController
 from gateway.job import Job
 from gateway.shadow import ShadowTrack
 from specgrove.errors import ServiceError
@@ -180,6 +180,8 @@ class Proposer:
         for job, draft, res in zip(jobs, drafts, results):
             if job.spec.adaptive and draft.root_only is None:
                 self.controller.observe_accepted(job.spec.drafter, len(res.accepted_tokens))
+                job.adaptive_steps += 1
+                job.adaptive_accepted += len(res.accepted_tokens)
 
     def _root_only_reasons(self, jobs: Sequence[Job],
                            budgets: dict[int, TreeBudget]) -> dict[int, RootOnly | None]:
@@ -202,14 +204,19 @@ class Proposer:
     def _default_pays(self, jobs, budgets, reasons) -> bool:
         """Would the batch's default speculation beat plain decoding this step?"""
         nodes = sum(budgets[j.seq_id].node_bound if reasons[j.seq_id] is None else 1 for j in jobs)
-        drafters = sorted({j.spec.drafter for j in jobs if reasons[j.seq_id] is None and j.spec.adaptive})
-        return self.controller.should_speculate(len(jobs), nodes, drafters)
+        seqs = [SeqRecord(j.spec.drafter, j.adaptive_accepted, j.adaptive_steps) for j in jobs
+                if reasons[j.seq_id] is None and j.spec.adaptive]
+        return self.controller.should_speculate(len(jobs), nodes, seqs)
 
     async def _draft(self, jobs: Sequence[Job], budgets: dict[int, TreeBudget],
                      shadows: Sequence[tuple[ShadowTrack, DraftPrefill | None, ProposeRequest]] = ()
                      ) -> dict[int, StepDraft]:
         """One ``Propose`` for the drafting jobs and the shadows' trees (registrations first)."""
         started = time.monotonic()
+        # A steady-state step drafts from at most one step's commits. After root-only steps the
+        # drafter first catches up over every token since (a feature drafter runs its layer
+        # over each): a one-off cost that is not what another speculative step would cost.
+        steady = all(len(j.new_tokens) <= j.spec.budget.depth + 1 for j in jobs)
         try:
             if self.unsure:
                 await self.draft.release(sorted(self.unsure))
@@ -235,8 +242,8 @@ class Proposer:
                 track.stopped = True
                 self.unsure.add(req.seq_id)
             return {}
-        if not unsynced and jobs:  # a first draft (prefill, catch-up over the prompt) is no steady-state cost
-            self.controller.observe_draft(time.monotonic() - started)
+        if jobs and steady and not unsynced:  # nor is a first draft (prefill, the prompt)
+            self.controller.observe_draft(len(jobs), time.monotonic() - started)
         trees = {p.seq_id: p for p in props}
         for j in jobs:
             j.new_tokens = ()

@@ -122,6 +122,40 @@ def test_eagle_greedy_equals_plain_greedy(tiny_dirs, head_dir, budget):
     assert eagle_runner.blocks.num_free_blocks == draft_free and drafts.num_sequences == 0
 
 
+def test_adaptive_switching_catches_up_and_times_only_steady_drafts(tiny_dirs, head_dir, monkeypatch):
+    """The load controller turning the default EAGLE speculation off and on (here on a script):
+    when it comes back on, the head catches up over the features of every token committed
+    meanwhile, output stays equal to plain greedy, and only steady-state drafts (at most one
+    step's commits to catch up on) are timed for the controller, not the catch-ups."""
+    from gateway.controller import SpeculationController
+    from gateway.speculation import Proposer
+
+    script = iter([False, True, True, False, False, False, False, True, True] * 100)
+    monkeypatch.setattr(SpeculationController, "should_speculate", lambda self, *a: next(script))
+    timed, drafts = [], []
+    monkeypatch.setattr(SpeculationController, "observe_draft", lambda self, n, s: timed.append(n))
+    original = Proposer._draft
+
+    async def spy(self, jobs, budgets, shadows=()):
+        catch_up = max((len(j.new_tokens) for j in jobs if j.draft_synced), default=0)
+        before = len(timed)
+        out = await original(self, jobs, budgets, shadows)
+        drafts.append((catch_up, len(timed) - before))
+        return out
+
+    monkeypatch.setattr(Proposer, "_draft", spy)
+    target = target_engine(tiny_dirs["llama"], shuffle_seed=3)
+    engine = eagle_engine(tiny_dirs, head_dir)
+    plain = [o.token_ids for o in generate(target, engine, [request(p, 30) for p in PROMPTS])]
+    budget = TreeBudget(max_nodes=6, max_depth=3, top_k=2)
+    outs = generate(target, engine, [request(p, 30, budget=budget, adaptive=True) for p in PROMPTS])
+    assert [o.token_ids for o in outs] == plain
+    assert all(0 < o.stats.drafted_tokens for o in outs)
+    assert any(c > budget.depth + 1 for c, _ in drafts)  # catch-ups happened
+    assert all(t == 0 for c, t in drafts if c > budget.depth + 1)  # and were not timed
+    assert sum(t for _, t in drafts) > 0  # steady steps were
+
+
 def test_eagle_sampling_stays_lossless(tmp_path_factory):
     """Chi-square of 3-token samples (one seed each) against the exactly enumerated target
     distribution, vocabulary 16, with coupled EAGLE drafts."""
