@@ -5,11 +5,14 @@ this times one pass over the model's 121 linears (30 x fused QKV, O, fused gate-
 the 49152 x 576 LM head), each fed its own [M, K] bfloat16 activations, for:
 
 - ``onednn bf16``: ``torch.nn.functional.linear`` on the [N, K] bf16 weight (oneDNN);
+- ``onednn float32``: the same on float32 weights and activations (the float32 model's linears;
+  the default CPU dtype where bf16 is not native);
 - ``rows bf16`` / ``rows int8``: the previous kernel (weight rows dotted with activation rows,
   horizontal reductions), built from its source at commit ``OLD_COMMIT`` under another operator
-  namespace, for comparison (skipped when git or the compiler is not there);
+  namespace, for comparison (skipped when git or the compiler is not there, or the CPU lacks
+  AVX512_BF16);
 - ``packed bf16`` / ``packed int8``: ``specgrove.kernels.cpu_linear`` (pairs layout, VDPBF16PS
-  register tiles);
+  register tiles, or float32 FMA register tiles on AVX2 CPUs: ``cpu_linear.isa()``);
 - ``amx bf16`` / ``amx int8`` (on CPUs with AMX): the same packed weights on AMX tiles at every
   height (the layers use them from ``AMX_MIN_ROWS`` rows on);
 - ``onednn amx bf16`` (on CPUs with AMX): oneDNN's linear on weights reordered once into its
@@ -22,8 +25,9 @@ reports medians over repeats, so a neighbour's load on the machine hits all vari
 ``--verify`` measures the end-to-end effect instead: the target engine's verify time per step
 by tree size (1..32 nodes: the pending token and its children, 300-token prefix, as
 ``cpu_decode.step_ms``) at bfloat16 and int8, with the packed kernels and with the previous kernel
-swapped in, interleaved; wall and process-CPU time (on a loaded machine, ``--threads 1`` CPU time
-is the cleaner comparison).
+swapped in, interleaved; with ``--dense`` also without the kernels (``F.linear`` in bf16, and the
+float32 model); wall and process-CPU time (on a loaded machine, ``--threads 1`` CPU time is the
+cleaner comparison).
 
     python benchmarks/cpu_linear.py --repeats 15 --out benchmarks/results/cpu_linear_cpu.json
     python benchmarks/cpu_linear.py --verify --repeats 5
@@ -48,6 +52,7 @@ from benchmarks.common import REPO, meta
 from specgrove.kernels import cpu_linear
 
 MODEL = "smollm2-135m-instruct"
+FLOAT32 = "onednn float32"  # the variant fed float32 activations
 HEIGHTS = (1, 2, 4, 8, 9, 16, 32)  # default --heights; 300 adds a prefill-sized one
 OLD_COMMIT = "ce7a592"  # the last commit with the row-major kernel
 OLD_SOURCE = "specgrove/kernels/csrc/linear_cpu.cpp"
@@ -80,6 +85,9 @@ def build_old_kernel() -> bool:
              extra_ldflags=["-fopenmp"], build_directory=str(_build_dir()), is_python_module=False)
     except Exception as exc:  # noqa: BLE001 -- the comparison is optional
         print(f"previous kernel not built ({exc}); skipping it", file=sys.stderr)
+        return False
+    if not torch.ops.specgrove_cpu_linear_rows.available():  # it exists for AVX512_BF16 only
+        print("previous kernel not built for this CPU (AVX512_BF16 only); skipping it", file=sys.stderr)
         return False
     return True
 
@@ -120,6 +128,7 @@ class RowsInt8:
 def variants(weights: list[torch.Tensor], old: bool) -> dict[str, list]:
     """name -> one callable per linear, in model order."""
     out = {"onednn bf16": [lambda x, w=w: F.linear(x, w) for w in weights],
+           FLOAT32: [lambda x, w=w.float(): F.linear(x, w) for w in weights],
            "packed bf16": [cpu_linear.Bf16Linear(w, amx=False) for w in weights]}
     int8 = [cpu_linear.Int8Linear(w, amx=False) for w in weights]
     out["packed int8"] = int8
@@ -141,6 +150,7 @@ def linears_table(args) -> dict:
     table = variants(weights, args.rows and build_old_kernel())
     names = list(table)
     inputs = {m: [torch.randn(m, w.shape[1]).to(torch.bfloat16) for w in weights] for m in heights}
+    inputs32 = {m: [x.float() for x in xs] for m, xs in inputs.items()}
     # name -> M -> [wall ms], [process CPU ms] (all threads: on a loaded machine, CPU time of
     # one thread is the cleaner kernel-efficiency measure, wall time is what a step pays)
     wall = {name: {m: [] for m in heights} for name in names}
@@ -150,14 +160,14 @@ def linears_table(args) -> dict:
         for m in heights:
             for name in names[rep % len(names):] + names[:rep % len(names)]:
                 start, start_cpu = time.perf_counter(), time.process_time()
-                for layer, x in zip(table[name], inputs[m]):
+                for layer, x in zip(table[name], (inputs32 if name == FLOAT32 else inputs)[m]):
                     layer(x)
                 if rep:
                     wall[name][m].append(1e3 * (time.perf_counter() - start))
                     cpu[name][m].append(1e3 * (time.process_time() - start_cpu))
         loads.append(os.getloadavg()[0])
         print(f"repeat {rep}: load {loads[-1]:.2f}", flush=True)
-    result = {"linears": len(weights), "threads": torch.get_num_threads(),
+    result = {"linears": len(weights), "threads": torch.get_num_threads(), "isa": cpu_linear.isa(),
               "weight_mb": {"bf16": sum(w.numel() for w in weights) * 2 / 1e6,
                             "int8": sum(w.numel() for w in weights) / 1e6},
               "load_1min_per_repeat": loads}
@@ -192,7 +202,8 @@ def verify_times(engine, nodes: int, context: int = 300, steps: int = 3) -> tupl
 
 
 def verify_table(args) -> dict:
-    """Verify ms per step by tree size, packed vs previous kernel, bf16 and int8, interleaved."""
+    """Verify ms per step by tree size, packed vs previous kernel (and, ``--dense``, F.linear), bf16
+    and int8, interleaved."""
     from benchmarks.cpu_decode import ours
 
     engines = {"packed bf16": ours("bfloat16")[0].engine, "packed int8": ours("bfloat16", "int8")[0].engine}
@@ -213,6 +224,15 @@ def verify_table(args) -> dict:
                     module.kernel = (RowsBf16(kernel.dequantized().to(torch.bfloat16)) if kind == "bf16"
                                      else RowsInt8(kernel.q, kernel.scale))
             engines[f"rows {kind}"] = engine
+    if args.dense:  # without the kernels: F.linear on the [N, K] bf16 weights; the float32 model
+        engine = ours("bfloat16")[0].engine
+        for module in engine.runner.model.modules():
+            kernel = getattr(module, "kernel", None)
+            if kernel is not None:
+                module.weight = torch.nn.Parameter(kernel.dequantized().to(torch.bfloat16), requires_grad=False)
+                module.kernel = None
+        engines["F.linear bf16"] = engine
+        engines["F.linear float32"] = ours("float32")[0].engine
     nodes = (1, 2, 4, 8, 16, 32)
     wall = {name: {n: [] for n in nodes} for name in engines}
     cpu = {name: {n: [] for n in nodes} for name in engines}
@@ -230,9 +250,9 @@ def verify_table(args) -> dict:
         ms = {name: {n: statistics.median(v) for n, v in by_n.items()} for name, by_n in samples.items()}
         result[label] = ms
         result[label.replace("ms_median", "16_over_1")] = {name: v[16] / v[1] for name, v in ms.items()}
-        print(f"{label:<16}" + "".join(f"{n:>8}" for n in nodes) + "   16/1")
+        print(f"{label:<20}" + "".join(f"{n:>8}" for n in nodes) + "   16/1")
         for name in engines:
-            print(f"  {name:<14}" + "".join(f"{ms[name][n]:8.1f}" for n in nodes)
+            print(f"  {name:<18}" + "".join(f"{ms[name][n]:8.1f}" for n in nodes)
                   + f"   {ms[name][16] / ms[name][1]:.2f}")
     return result
 
@@ -243,6 +263,8 @@ def main() -> None:
     ap.add_argument("--verify", action="store_true", help="verify ms by tree size instead")
     ap.add_argument("--no-rows", dest="rows", action="store_false",
                     help="leave out the previous kernel")
+    ap.add_argument("--dense", action="store_true",
+                    help="--verify: also without the kernels (F.linear in bf16, and float32)")
     ap.add_argument("--heights", type=lambda v: tuple(int(m) for m in v.split(",")), default=HEIGHTS,
                     help="comma-separated activation heights M (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -1,19 +1,25 @@
-"""The C++ CPU linears (``specgrove/kernels/cpu_linear.py``): bf16 and weight-only int8 against their
+"""The C++ CPU linears (``specgrove/kernels/cpu_linear.py``), whichever kernel set this CPU builds
+(AVX512_BF16, with AMX where present, or AVX2 + FMA): bf16 and weight-only int8 against their
 plain-torch references and float64 matmuls of the same weights, at every height M of a decode step or
 tree verify (1..33: one, several and partial register tiles) and at shapes with N and K tails; the
-packing round-trips; and a model whose linears run on them decodes like the dense one."""
+output rounding bit for bit; the packing round-trips; and a model whose linears run on them decodes
+like the dense one."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from specgrove.kernels import cpu_linear
+from specgrove.kernels.cpu_build import cpu_flags
 
-pytestmark = pytest.mark.skipif(not cpu_linear.available(), reason="no AVX512_BF16 CPU kernels here")
+pytestmark = pytest.mark.skipif(
+    not cpu_linear.available(), reason="no CPU linear kernels here (AVX2+FMA or AVX512_BF16 and a compiler)")
 
 # (K, N): the embedded model's shapes, then tails: N not a multiple of 16 (or of 64, the register
-# tile's width), K odd or not a multiple of 32, a single output, a single input.
-SHAPES = [(576, 960), (1536, 576), (64, 4), (33, 17), (7, 100), (200, 1), (1, 48), (96, 1000)]
+# tile's width; 29: the last block's second 8 outputs partial, AVX2 stores 8 at a time), K odd or
+# not a multiple of 32, a single output, a single input.
+SHAPES = [(576, 960), (1536, 576), (64, 4), (33, 17), (7, 100), (200, 1), (1, 48), (96, 1000),
+          (40, 29)]
 
 
 def _close(y: torch.Tensor, exact: torch.Tensor) -> bool:
@@ -29,9 +35,9 @@ def _case(m: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, w
 
 
-# Both paths at every height: the VDPBF16PS register tiles alone, and (on a CPU with AMX) with
-# the AMX tiles taking the heights from AMX_MIN_ROWS on (for K a multiple of 32; other K stay on
-# the register tiles).
+# Both paths at every height: the register tiles alone (VDPBF16PS, or AVX2 FMAs), and (on a CPU
+# with AMX) with the AMX tiles taking the heights from AMX_MIN_ROWS on (for K a multiple of 32;
+# other K stay on the register tiles).
 AMX = [False, pytest.param(True, marks=pytest.mark.skipif(not cpu_linear.amx_available(),
                                                          reason="no AMX tiles on this CPU"))]
 
@@ -79,6 +85,27 @@ def test_large_vocabulary_head(m, amx):
     assert _close(cpu_linear.Bf16Linear(w, amx=amx)(x), exact)
     int8 = cpu_linear.Int8Linear(w, amx=amx)
     assert _close(int8(x), x.double() @ int8.dequantized().double().t())
+
+
+def test_isa_matches_the_cpu():
+    """AVX512_BF16 CPUs build the VDPBF16PS kernels (and AMX only with them), others with AVX2 the
+    FMA ones."""
+    flags = cpu_flags()
+    assert cpu_linear.isa() == ("avx512_bf16" if "avx512_bf16" in flags else "avx2")
+    assert not cpu_linear.amx_available() or cpu_linear.isa() == "avx512_bf16"
+
+
+def test_output_rounding_matches_torch_bit_for_bit():
+    """One input (K = 1, padded to a zero pair): every float32 sum is one exact product, so the
+    only rounding is the final one to bf16 and must be torch's (nearest even, ties included; NaN
+    stays NaN; beyond the bf16 range, inf)."""
+    x, w = _case(33, 1, 45)
+    x[3, 0], x[4, 0], x[5, 0] = float("nan"), float("inf"), 1e38
+    ref = cpu_linear.linear_bf16_ref(x, w)
+    torch.testing.assert_close(cpu_linear.Bf16Linear(w)(x), ref, rtol=0, atol=0, equal_nan=True)
+    int8 = cpu_linear.Int8Linear(w)
+    ref = cpu_linear.linear_int8_ref(x, int8.q, int8.scale)
+    torch.testing.assert_close(int8(x), ref, rtol=0, atol=0, equal_nan=True)
 
 
 def test_leading_dimensions_and_float_inputs():

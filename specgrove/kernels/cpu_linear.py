@@ -6,6 +6,10 @@ weights (``csrc/linear_cpu.cpp``), plus the plain-torch references they are test
 is used once, so the kernel must run at memory bandwidth. As M grows each weight is used M
 times and the kernel must not turn compute- or load-bound before the bandwidth does.
 
+The library is compiled for the CPU it runs on (``-march=native``) and holds one of two kernel
+sets (:func:`isa`): AVX512_BF16 (VDPBF16PS register tiles, below, and AMX tiles where present)
+or, on CPUs without it, AVX2 + FMA (float32 FMAs on the same packed weights, last section).
+
 **Packed weights.** The constructor packs ``W`` once into pairs layout, ``[ceil(N/16),
 ceil(K/2), 16, 2]`` (:func:`pack_pairs`): for one block of 16 output features and one pair of
 inputs (2j, 2j + 1), the 32 weights are contiguous. That is the operand of the AVX512_BF16 dot
@@ -87,6 +91,50 @@ On AMX a 16-row linear costs what a 1-row one does: the weights stream at the sa
 the tiles' arithmetic hides behind it.
 
 ``SPECGROVE_CPU_AMX=0`` keeps every height on the VDPBF16PS kernel.
+
+**AVX2 + FMA** (``isa() == "avx2"``): the same packed weights, ops and results on CPUs without
+AVX512_BF16, in float32 arithmetic. One 32-bit lane of the pairs layout holds ``(w[n][2j],
+w[n][2j+1])``, and a bf16 is the high half of its float32: a 256-bit load of 8 lanes gives the
+even inputs' weights as ``lane << 16`` and the odd inputs' as ``lane & 0xFFFF0000``, two float32
+vectors for two integer ops, multiplied (FMA) by broadcasts of ``x[m][2j]`` and ``x[m][2j+1]``
+(x widened to float32 once per call) into the same accumulator of 8 outputs. int8 pairs are
+sign-extended as int16 and split by arithmetic shifts (``(v << 24) >> 24``, ``v >> 8``), exact in
+float32. The products are exact and the sums float32, as with VDPBF16PS, and the output is rounded
+to bf16 once (nearest even, as torch). Register tiles hold 8-10 of the 16 ymm registers as
+accumulators: 1 row x 4 blocks, 2 x 2, then 3-5 rows x 1 block (a 64-output group runs as several
+tiles); up to 5 rows a tile, equal heights as above; int8 is widened to a bf16 L2 buffer from 3
+row tiles on (M >= 11), in registers below. Threads, prefetch and the N / K tails as above. With
+one thread and the weights in L2 the tiles reach 13 (M = 1), 24 (2), 31 (4), 35 (16) and 38 (32)
+GMAC/s, of ~48 (2 FMA ports x 8 lanes x ~3 GHz).
+
+Measured with ``benchmarks/cpu_linear.py --no-rows --heights 1,2,4,8,16,32 --repeats 15`` on a
+2-core AMD EPYC Zen 3, AVX2/FMA, no AVX-512, 2 threads
+(``benchmarks/results/cpu_linear_epyc_avx2.json``): all 121 linears of SmolLM2-135M, ms, medians. The machine's speed drifts between runs minutes
+apart (packed bf16 at M = 16: medians of 38 to 58 ms in repeated runs); the minima of this run are
+15-35% below its medians from M = 8 on.
+
+=========================  =====  =====  =====  =====  =====  =====
+M                              1      2      4      8     16     32
+=========================  =====  =====  =====  =====  =====  =====
+packed bf16, AVX2           15.2   18.1   21.1   35.5   55.7   99.5
+packed int8, AVX2           10.8   12.5   15.9   29.8   62.8  102.9
+oneDNN ``F.linear`` bf16    22.9   39.6   73.7  146.4  283.2  568.6
+oneDNN ``F.linear`` fp32    60.0  110.6  118.7  110.5  134.3  174.7
+=========================  =====  =====  =====  =====  =====  =====
+
+M = 1 streams the 270 MB of bf16 weights at ~18 GB/s (int8: 135 MB at ~12 GB/s); from M = 8 on
+the time grows with M, compute-bound (M = 32: 43 GMAC/s at the median, 68 at the minimum, of ~96
+on the 2 cores). Without native bf16, oneDNN's bf16 linear costs ~17 ms per row. Verify ms per
+step by tree size (``--verify --dense``, same file, 300-token prefix, medians of 3):
+
+=========================  =====  =====  =====  =====  =====  =====
+nodes                          1      2      4      8     16     32
+=========================  =====  =====  =====  =====  =====  =====
+packed bf16                 30.5   34.9   44.3   70.3  109.5  171.9
+packed int8                 23.3   30.8   38.6   52.5   82.9  143.2
+``F.linear`` bf16           34.7   64.0  100.7  174.2  345.9  645.3
+``F.linear``, float32       65.3   88.1  162.3  198.3  227.7  315.2
+=========================  =====  =====  =====  =====  =====  =====
 """
 from __future__ import annotations
 
@@ -96,7 +144,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from specgrove.kernels.cpu_build import has_native_bf16, load_library
+from specgrove.kernels.cpu_build import load_library
 
 LANES = 16  # output features per packed block
 AMX_PAIRS = 16  # pair indices per AMX B tile: the AMX path needs K to be a multiple of 32
@@ -106,10 +154,19 @@ AMX_PAIRS = 16  # pair indices per AMX B tile: the AMX path needs K to be a mult
 AMX_MIN_ROWS = {"bf16": 1, "int8": 8}
 
 
+@functools.cache
+def isa() -> str | None:
+    """The kernel set built for this CPU: ``"avx512_bf16"`` (VDPBF16PS, and AMX tiles where
+    present), ``"avx2"`` (AVX2 + FMA, float32 arithmetic on the same packed weights), or None
+    (neither instruction set, or no compiler)."""
+    if not load_library("linear_cpu"):
+        return None
+    return str(torch.ops.specgrove_cpu_linear.isa()) or None
+
+
 def available() -> bool:
-    """Whether the kernels are built for this CPU (AVX512_BF16 needed)."""
-    return has_native_bf16() and load_library("linear_cpu") and bool(
-        torch.ops.specgrove_cpu_linear.available())
+    """Whether the kernels are built for this CPU (AVX2+FMA or AVX512_BF16 needed)."""
+    return isa() is not None
 
 
 @functools.cache
@@ -167,7 +224,7 @@ def linear_int8_ref(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> to
 
 def _require() -> None:
     if not available():
-        raise RuntimeError("the CPU linear kernels need AVX512_BF16 and a C++ compiler")
+        raise RuntimeError("the CPU linear kernels need AVX2+FMA or AVX512_BF16 and a C++ compiler")
 
 
 def _rows(x: torch.Tensor, k2: int) -> torch.Tensor:

@@ -58,7 +58,8 @@ def use_cpu_linears(model: nn.Module, quantization: str = "none") -> int:
         raise ValueError(f"unknown quantization {quantization!r}; choose one of {QUANTIZATIONS}")
     if not available():
         if quantization == "int8":
-            raise RuntimeError("int8 weights need the CPU kernels (a CPU with AVX512_BF16 and a C++ compiler)")
+            raise RuntimeError("int8 weights need the CPU kernels (a CPU with AVX2+FMA or AVX512_BF16 "
+                               "and a C++ compiler)")
         return 0
     shared = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) or type(m).__name__ ==
               "VocabParallelEmbedding" for p in m.parameters()}
