@@ -79,12 +79,12 @@ def hf_runs(model: str, rows: list[dict], peer: str, max_tokens: int, temperatur
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specgrove.kernels.cpu_build import has_native_bf16
+    from specgrove.config import auto_cpu_dtype
     from specgrove.modeling.loader import resolve_model
 
     path = resolve_model(model)
     tok = AutoTokenizer.from_pretrained(str(path))
-    dtype = torch.bfloat16 if has_native_bf16() else torch.float32  # as `--dtype auto` serves
+    dtype = getattr(torch, auto_cpu_dtype())  # as `--dtype auto` serves
     lm = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
     extra = {"prompt_lookup_num_tokens": 10} if peer == "hf-assisted" else {}
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
