@@ -93,7 +93,7 @@ def test_serving_model_computes_what_the_head_trained(tiny_dirs, head_dir):
     inp = DraftInput(1, hist, TreeBudget(branching=(1, 1)), features=Features.from_tensor(feats[:4]))
     growths_logits = []
     orig = drafter._add_children
-    drafter._add_children = lambda i, g, node, lg, depth: (growths_logits.append(lg[0]), orig(i, g, node, lg, depth))
+    drafter._add_children = lambda i, g, nodes, lg, depth: (growths_logits.extend(lg), orig(i, g, nodes, lg, depth))
     drafter.propose([inp])
     drafter._add_children = orig
     # depth 0 (the root, position 4): step 0 at position 4 -> row 3 of the training view
