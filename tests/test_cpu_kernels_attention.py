@@ -114,3 +114,18 @@ def test_no_visible_key_gives_zeros():
     args[4] = torch.tensor([0], dtype=torch.int32)  # kv_len 0
     out = tree_attention_cpu(*args)
     assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("d", [8, 20, 80, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_other_head_dims(d, dtype):
+    """Head dims off the 64 / 16-lane fast paths: multiples of 8 only (AVX2 blocks), of 64 with
+    more than one register block (128), and no vector multiple (20: the scalar loops)."""
+    for seqs, tree in [([(1, 1, 0), (300, 1, 0), (77, 1, 0)], False), ([(40, 9, 9), (301, 16, 16)], True),
+                       ([(45, 45, 0)], False)]:
+        args = make_case(seqs, d=d, dtype=dtype, tree=tree, seed=d)
+        out = tree_attention_cpu(*args)
+        ref64 = tree_attention_ref(*[a.double() if torch.is_tensor(a) and a.is_floating_point()
+                                     else a for a in args])
+        err = (out.double() - ref64).abs().max().item()
+        assert err < TOL[dtype], (seqs, err)

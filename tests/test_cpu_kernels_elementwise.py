@@ -87,3 +87,40 @@ def test_argmax_rows_ties_and_nan_follow_torch():
     assert expected.tolist() == [7, 0, 100, 299]
     assert torch.equal(ew.argmax_rows(logits), expected)
     assert torch.equal(ew.argmax_rows(logits.float()), expected)  # other dtypes: torch itself
+
+
+@pytest.mark.parametrize("i", [8, 13, 1541])
+def test_silu_mul_vector_tails(i):
+    """Widths that are not a multiple of the vector (8 or 16 lanes): the scalar tail agrees."""
+    gu = _randn(5, 2 * i, seed=i, scale=4.0)
+    _within_one_step(ew.silu_mul(gu), ew.silu_mul_ref(gu))
+
+
+def test_silu_mul_special_values():
+    """Overflowing exp, inf and nan gates, in the vector body and in the tail, as torch."""
+    gate = torch.tensor([-3e38, -1e30, -200.0, -88.0, 88.0, 1e30, float("inf"), float("-inf"),
+                         float("nan"), 0.5, -0.5, 1e-30, -1e30, 3e38, float("nan"), -90.0, 90.0])
+    gu = torch.cat([gate, torch.full_like(gate, 3.0)]).to(torch.bfloat16)[None]
+    y, ref = ew.silu_mul(gu).float(), ew.silu_mul_ref(gu).float()
+    assert torch.equal(y.isnan(), ref.isnan())
+    ok = ~ref.isnan()
+    assert torch.equal(y[ok].isinf(), ref[ok].isinf())
+    fin = ok & ~ref.isinf()
+    assert ((y[fin] - ref[fin]).abs() <= ref[fin].abs() * 2 ** -7 + 1e-6).all()
+
+
+@pytest.mark.parametrize("v", [7, 8, 9, 23, 49157])
+def test_argmax_rows_ties_and_nan_across_vector_tails(v):
+    """The maximum, a tie and a NaN in the vector body and in the tail (V not a multiple of 8/16)."""
+    rows = []
+    for best, tie, nan in [(v - 1, None, None), (0, v - 1, None), (v // 2, v - 1, None),
+                           (v - 1, None, 0), (0, None, v - 1), (v // 2, None, v // 3 + 1)]:
+        row = _randn(v, seed=v + len(rows), scale=2.0)
+        row[best] = 20.0
+        if tie is not None:
+            row[tie] = 20.0
+        if nan is not None:
+            row[nan] = float("nan")
+        rows.append(row)
+    logits = torch.stack(rows)
+    assert torch.equal(ew.argmax_rows(logits), logits.argmax(dim=-1))

@@ -21,6 +21,9 @@ Arithmetic: float32 for bfloat16 / float16 / float32 inputs, float64 for float64
 the reference to ~1e-12). ``exp`` in float32 is a Cephes-style polynomial written so that the
 compiler vectorises it. Measured on this project's 2-core EPYC (bfloat16, 300-token context,
 per layer): decode 425 -> 33 us, a 16-node tree 446 -> 192 us; at 4k context 3.7 ms -> 0.21 ms.
+On a 2-core AMD EPYC Zen 3, AVX2/FMA, no AVX-512 (AVX2 paths: 8-lane dots, exp, score and PV
+blocks; SmolLM2-135M bf16 verify at 300 tokens, 2 threads, profiler self time per step of 30
+layers): 1 node 4.8 -> 2.1 ms, 16 nodes 17.0 -> 6.9 ms (per call 160 -> 70 us, 568 -> 231 us).
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "cpu_math.h"
 
@@ -41,6 +42,26 @@ inline float round_bf16(float x) { return widen(narrow(x)); }
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 inline __m512 widen16(__m256i b) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)); }
 inline __m512 round16(__m512 x) { return widen16((__m256i)_mm512_cvtneps_pbh(x)); }  // VCVTNEPS2BF16: nearest even
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+// 8 lanes of widen / narrow / round_bf16 (the same bit arithmetic; NaN -> 0x7FC0).
+inline __m256 widen8(const uint16_t* p) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+}
+inline __m256i narrow_bits8(__m256 x) {  // bf16 bits in the low half of each 32-bit lane
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+}
+inline void narrow8(uint16_t* p, __m256 x) {
+  const __m256i r = narrow_bits8(x);
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // lanes 0, 2
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+inline __m256 round8(__m256 x) { return _mm256_castsi256_ps(_mm256_slli_epi32(narrow_bits8(x), 16)); }
 #endif
 inline const uint16_t* bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<bf16>()); }
 inline uint16_t* bits_out(at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<bf16>()); }
@@ -103,10 +124,19 @@ at::Tensor silu_mul(const at::Tensor& gu_in) {
         const __m512 silu = round16(_mm512_div_ps(a, _mm512_add_ps(_mm512_set1_ps(1.0f), e)));
         _mm256_mask_storeu_epi16(o + i, live, (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(silu, b)));
       }
+#elif defined(__AVX2__) && defined(__FMA__)
+      // 8 lanes by hand as well (the tail below: fewer than 8 columns)
+      for (; i + 8 <= I; i += 8) {
+        const __m256 a = widen8(g + i), b = widen8(u + i);
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), a));
+        const __m256 silu = round8(_mm256_div_ps(a, _mm256_add_ps(_mm256_set1_ps(1.0f), e)));
+        narrow8(o + i, _mm256_mul_ps(silu, b));
+      }
 #endif
-      for (; i < I; ++i) {
-        const float a = widen(g[i]);
-        o[i] = narrow(round_bf16(a / (1.0f + exp_poly(-a))) * widen(u[i]));
+#pragma omp simd
+      for (int64_t j = i; j < I; ++j) {
+        const float a = widen(g[j]);
+        o[j] = narrow(round_bf16(a / (1.0f + exp_poly(-a))) * widen(u[j]));
       }
     }
   });
@@ -185,6 +215,37 @@ int64_t argmax_row(const uint16_t* row, int64_t V) {
   const float best = _mm512_reduce_max_ps(vbest);
   const __mmask16 holders = _mm512_cmp_ps_mask(vbest, _mm512_set1_ps(best), _CMP_EQ_OQ);
   return _mm512_mask_reduce_min_epi32(holders, vindex);  // an all -inf row: every lane, index 0
+#elif defined(__AVX2__) && defined(__FMA__)
+  // AVX2: the same one pass over whole 8-lane blocks; the tail (indices above every lane's)
+  // continues the scan in scalar with the same strict >.
+  __m256 vbest = _mm256_set1_ps(-INFINITY);
+  __m256i vindex = _mm256_setzero_si256();
+  __m256i current = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i step = _mm256_set1_epi32(8);
+  __m256 nan = _mm256_setzero_ps();
+  const int64_t whole = V / 8 * 8;
+  for (int64_t v = 0; v < whole; v += 8) {
+    const __m256 x = widen8(row + v);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    const __m256 better = _mm256_cmp_ps(x, vbest, _CMP_GT_OQ);
+    vbest = _mm256_blendv_ps(vbest, x, better);
+    vindex = _mm256_blendv_epi8(vindex, current, _mm256_castps_si256(better));
+    current = _mm256_add_epi32(current, step);
+  }
+  if (_mm256_movemask_ps(nan)) return argmax_row_scalar(row, V);
+  float best = hmax256(vbest);
+  const int holders = _mm256_movemask_ps(_mm256_cmp_ps(vbest, _mm256_set1_ps(best), _CMP_EQ_OQ));
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), vindex);
+  int64_t index = std::numeric_limits<int64_t>::max();
+  for (int l = 0; l < 8; ++l)
+    if (holders >> l & 1) index = std::min<int64_t>(index, lanes[l]);  // all -inf: every lane, 0
+  for (int64_t v = whole; v < V; ++v) {
+    const float x = widen(row[v]);
+    if (x != x) return v;  // the first NaN (none before the tail)
+    if (x > best) best = x, index = v;
+  }
+  return index;
 #else
   return argmax_row_scalar(row, V);
 #endif

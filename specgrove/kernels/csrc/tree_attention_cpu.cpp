@@ -17,8 +17,12 @@
 #include <vector>
 
 #include "cpu_math.h"
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
+#endif
+// AVX2 + FMA paths where AVX-512 is missing (the AVX-512 paths take precedence).
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+#define SPECGROVE_AVX2 1
 #endif
 
 namespace {
@@ -64,6 +68,22 @@ inline float dot(const float* a, const float* b, int64_t n) {
       acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
     return _mm512_reduce_add_ps(acc);
   }
+#elif defined(SPECGROVE_AVX2)
+  // two 8-lane accumulators (FMA latency), one shuffle-tree reduction
+  if (n % 16 == 0) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
+    }
+    return hsum256(_mm256_add_ps(a0, a1));
+  }
+  if (n % 8 == 0) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n; i += 8)
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    return hsum256(acc);
+  }
 #endif
   float s = 0;
   for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
@@ -94,6 +114,23 @@ inline void scores_transposed(const acc_t* q, const acc_t* kt, acc_t* s, int64_t
   }
 }
 
+#if defined(SPECGROVE_AVX2)
+// pv_update on dims [0, 8 NB) of acc / v rows (row stride D): NB <= 8 accumulators in registers
+// (16 ymm in all), V read as FMA memory operands.
+template <int NB>
+inline void pv_block_avx2(float* acc, float alpha, const float* p, const float* v, int64_t n,
+                          int64_t D) {
+  __m256 a[NB];
+  const __m256 al = _mm256_set1_ps(alpha);
+  for (int b = 0; b < NB; ++b) a[b] = _mm256_mul_ps(_mm256_loadu_ps(acc + 8 * b), al);
+  for (int64_t j = 0; j < n; ++j) {
+    const __m256 pj = _mm256_set1_ps(p[j]);
+    for (int b = 0; b < NB; ++b) a[b] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(v + j * D + 8 * b), a[b]);
+  }
+  for (int b = 0; b < NB; ++b) _mm256_storeu_ps(acc + 8 * b, a[b]);
+}
+#endif
+
 // acc[d] = acc[d] * alpha + sum_j p[j] * v[j][d], acc kept in registers across the keys.
 inline void pv_update(float* acc, float alpha, const float* p, const float* v, int64_t n,
                       int64_t D) {
@@ -109,6 +146,22 @@ inline void pv_update(float* acc, float alpha, const float* p, const float* v, i
         a[b] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + j * D + 16 * b), a[b]);
     }
     for (int64_t b = 0; b < nb; ++b) _mm512_storeu_ps(acc + 16 * b, a[b]);
+    return;
+  }
+#elif defined(SPECGROVE_AVX2)
+  if (D % 8 == 0) {  // 64 dims at a time
+    for (int64_t d0 = 0; d0 < D; d0 += 64) {
+      switch (std::min<int64_t>(64, D - d0) / 8) {
+        case 8: pv_block_avx2<8>(acc + d0, alpha, p, v + d0, n, D); break;
+        case 7: pv_block_avx2<7>(acc + d0, alpha, p, v + d0, n, D); break;
+        case 6: pv_block_avx2<6>(acc + d0, alpha, p, v + d0, n, D); break;
+        case 5: pv_block_avx2<5>(acc + d0, alpha, p, v + d0, n, D); break;
+        case 4: pv_block_avx2<4>(acc + d0, alpha, p, v + d0, n, D); break;
+        case 3: pv_block_avx2<3>(acc + d0, alpha, p, v + d0, n, D); break;
+        case 2: pv_block_avx2<2>(acc + d0, alpha, p, v + d0, n, D); break;
+        default: pv_block_avx2<1>(acc + d0, alpha, p, v + d0, n, D); break;
+      }
+    }
     return;
   }
 #endif
@@ -170,12 +223,38 @@ inline void pv4_d64_avx512(float* acc, const float* alpha, const float* p, int64
 }
 #endif
 
-// Scores for `rows` rows against the transposed chunk: 4-row AVX-512 blocks where possible.
+#if defined(SPECGROVE_AVX2)
+// Scores of 4 rows at once against kt[D][32] (kChunk == 32), one 16-key half at a time:
+// 8 accumulators, each key vector loaded once per 4 rows, query elements broadcast from memory.
+inline void scores4_avx2(const float* q, const float* kt, float* s, int64_t D) {
+  for (int64_t h = 0; h < 32; h += 16) {
+    __m256 a[4][2];
+    for (int r = 0; r < 4; ++r) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const __m256 k0 = _mm256_loadu_ps(kt + d * 32 + h), k1 = _mm256_loadu_ps(kt + d * 32 + h + 8);
+      for (int r = 0; r < 4; ++r) {
+        const __m256 qd = _mm256_broadcast_ss(q + r * D + d);
+        a[r][0] = _mm256_fmadd_ps(qd, k0, a[r][0]);
+        a[r][1] = _mm256_fmadd_ps(qd, k1, a[r][1]);
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      _mm256_storeu_ps(s + r * 32 + h, a[r][0]);
+      _mm256_storeu_ps(s + r * 32 + h + 8, a[r][1]);
+    }
+  }
+}
+#endif
+
+// Scores for `rows` rows against the transposed chunk: 4-row AVX-512 / AVX2 blocks where possible.
 inline void scores_rows(const float* q, const float* kt, float* s, int64_t rows, int64_t D) {
   int64_t r = 0;
 #if defined(__AVX512F__)
   static_assert(kChunk == 32, "scores4_avx512 assumes 32-key chunks");
   for (; r + 4 <= rows; r += 4) scores4_avx512(q + r * D, kt, s + r * kChunk, D);
+#elif defined(SPECGROVE_AVX2)
+  static_assert(kChunk == 32, "scores4_avx2 assumes 32-key chunks");
+  for (; r + 4 <= rows; r += 4) scores4_avx2(q + r * D, kt, s + r * kChunk, D);
 #endif
   scores_transposed<float>(q + r * D, kt, s + r * kChunk, rows - r, D);
 }
@@ -211,6 +290,11 @@ inline bool softmax_step_generic(acc_t* s, int64_t n, acc_t* m, acc_t* l, acc_t*
 inline __mmask16 tail_mask(int64_t left) {
   return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
 }
+#elif defined(SPECGROVE_AVX2)
+inline __m256i tail_mask8(int64_t left) {  // lanes [0, min(left, 8)) set
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(left, 8))),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
 #endif
 
 inline bool softmax_step(float* s, int64_t n, float* m, float* l, float* alpha) {
@@ -236,6 +320,33 @@ inline bool softmax_step(float* s, int64_t n, float* m, float* l, float* alpha) 
   }
   *m = m_new;
   *l = *l * *alpha + _mm512_reduce_add_ps(vsum);
+  return true;
+#elif defined(SPECGROVE_AVX2)
+  // as AVX-512 in 8 lanes; masked-off tail lanes read as -inf and are neither stored nor summed
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const __m256 vninf = _mm256_set1_ps(neg_inf);
+  __m256 vmax = vninf;
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i k = tail_mask8(n - j);
+    const __m256 v = _mm256_blendv_ps(vninf, _mm256_maskload_ps(s + j, k), _mm256_castsi256_ps(k));
+    vmax = _mm256_max_ps(vmax, v);
+  }
+  const float row_max = hmax256(vmax);
+  if (row_max == neg_inf) return false;
+  const float m_new = std::max(*m, row_max);
+  *alpha = *m == neg_inf ? 0.0f : std::exp(*m - m_new);
+  const __m256 vm = _mm256_set1_ps(m_new);
+  __m256 vsum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; j += 8) {
+    const __m256i k = tail_mask8(n - j);
+    const __m256 v = _mm256_blendv_ps(vninf, _mm256_maskload_ps(s + j, k), _mm256_castsi256_ps(k));
+    const __m256 seen = _mm256_cmp_ps(v, vninf, _CMP_NEQ_OQ);
+    const __m256 e = _mm256_and_ps(seen, exp256(_mm256_sub_ps(v, vm)));
+    _mm256_maskstore_ps(s + j, k, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  *m = m_new;
+  *l = *l * *alpha + hsum256(vsum);
   return true;
 #else
   return softmax_step_generic<float>(s, n, m, l, alpha);
