@@ -22,8 +22,9 @@ path are slow (lazy allocation, kernel builds, caches), and one such sample in a
 speculation off for hundreds of steps, because a rejected option is only sampled again at a
 re-test. Acceptance stays a moving average: its mean is what the throughput depends on.
 
-Unknown costs are explored first, and a decision is re-tested after ``explore_every`` steps so
-that changed load or acceptance is noticed. A re-test costs a step of the losing option (at
+Unknown costs are explored first (unless the costs of smaller sizes already show that
+speculation loses: costs only grow with size), and a decision is re-tested after
+``explore_every`` steps so that changed load or acceptance is noticed. A re-test costs a step of the losing option (at
 batch 8 on a CPU a speculative step costs ~3 plain ones), so each re-test that confirms the
 decision doubles the interval, up to ``max_explore_every``; a decision that flips resets it.
 """
@@ -78,6 +79,13 @@ def _latency(table: dict[int, _RecentMedian], n: int) -> float | None:
     return None if entry is None else entry.value
 
 
+def _floor(table: dict[int, _RecentMedian], n: int) -> float | None:
+    """A lower bound on the latency at size ``n``: that of the largest measured size below it
+    (verifying more nodes, or drafting for more sequences, never costs less)."""
+    below = [b for b in table if b <= _bucket(n)]
+    return table[max(below)].value if below else None
+
+
 @dataclass
 class SpeculationController:
     alpha: float = 0.2
@@ -106,7 +114,13 @@ class SpeculationController:
         if plain_t is None:
             return False  # measure plain decoding first: it is the floor we must not go under
         if spec_t is None or draft_t is None or None in gains:
-            return True
+            # Explore the unknown cost, unless even the floors of the costs say speculation
+            # loses (a batch size not seen yet, on a machine where smaller ones already lose):
+            # each exploration costs a speculative step.
+            floor = _floor(self.verify_s, spec_nodes)
+            if None in gains or floor is None:
+                return True
+            return (batch + sum(gains)) / (floor + (_floor(self.draft_s, len(seqs)) or 0.0)) > batch / plain_t
         gain = sum(gains)
         choice = (batch + gain) / (spec_t + draft_t) > batch / plain_t
         interval = self._interval or self.explore_every

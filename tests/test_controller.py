@@ -91,7 +91,7 @@ def test_draft_cost_is_kept_by_batch_size():
     c.observe_accepted("", 1.0)
     assert c.should_speculate(1, 8, [DEFAULT])
     c.observe_verify(8, 0.040)
-    c.observe_verify(64, 0.100)
+    c.observe_verify(64, 0.050)
     assert c.should_speculate(8, 64, [DEFAULT] * 8)  # draft cost at 8 unknown: measure it
     c.observe_draft(8, 0.300)
     assert not c.should_speculate(8, 64, [DEFAULT] * 8)
@@ -111,3 +111,18 @@ def test_each_sequence_is_judged_by_its_own_acceptance_as_it_grows():
     assert not c.should_speculate(1, 8, [SeqRecord("", accepted=2, steps=12)])
     assert c.expected_accepted(SeqRecord("", 2, 12)) == (PRIOR_STEPS * 1.1 + 2) / (PRIOR_STEPS + 12)
     assert c.should_speculate(1, 8, [SeqRecord("", accepted=30, steps=12)])
+
+
+def test_a_new_batch_size_is_not_explored_where_smaller_costs_already_lose():
+    """Exploring costs a speculative step. At batch 8 the tree verify is unmeasured, but the
+    largest measured size below it (32 nodes, 90 ms) already makes 8 + 8 x 0.5 tokens lose to
+    8 plain ones in 40 ms: no exploration. Where the floor would win, the cost is measured."""
+    c = SpeculationController(explore_every=1000)
+    c.observe_verify(8, 0.040)
+    c.observe_verify(32, 0.090)
+    c.observe_draft(4, 0.010)
+    c.observe_accepted("", 0.5)
+    assert not c.should_speculate(8, 64, [DEFAULT] * 8)
+    for _ in range(20):
+        c.observe_accepted("", 3.0)  # with these gains even the floor might win: measure
+    assert c.should_speculate(8, 64, [DEFAULT] * 8)
