@@ -24,9 +24,11 @@ re-test. Acceptance stays a moving average: its mean is what the throughput depe
 
 Unknown costs are explored first (unless the costs of smaller sizes already show that
 speculation loses: costs only grow with size), and a decision is re-tested after
-``explore_every`` steps so that changed load or acceptance is noticed. A re-test costs a step of the losing option (at
-batch 8 on a CPU a speculative step costs ~3 plain ones), so each re-test that confirms the
-decision doubles the interval, up to ``max_explore_every``; a decision that flips resets it.
+``explore_every`` steps so that changed load or acceptance is noticed. A re-test costs a step
+of the losing option (at batch 8 on a CPU a speculative step costs ~3 plain ones, plus the
+drafter's catch-up), so each re-test that confirms the decision doubles the interval (or
+multiplies it by 8 where one option wins by a wide margin), up to ``max_explore_every``; a
+decision that flips resets it.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from typing import NamedTuple, Sequence
 
 
 PRIOR_STEPS = 4  # weight of the drafter-wide acceptance in a sequence's expectation, in steps
+WIDE_MARGIN = (0.8, 1.25)  # speculative / plain rate outside this: re-test intervals grow 8x, not 2x
 
 
 class SeqRecord(NamedTuple):
@@ -122,11 +125,16 @@ class SpeculationController:
                 return True
             return (batch + sum(gains)) / (floor + (_floor(self.draft_s, len(seqs)) or 0.0)) > batch / plain_t
         gain = sum(gains)
-        choice = (batch + gain) / (spec_t + draft_t) > batch / plain_t
+        ratio = (batch + gain) / (spec_t + draft_t) / (batch / plain_t)  # speculative / plain rate
+        choice = ratio > 1.0
         interval = self._interval or self.explore_every
         if self._before_retest is not None:  # the first decision after a re-test
             confirmed = choice == self._before_retest
-            self._interval = min(2 * interval, self.max_explore_every) if confirmed else self.explore_every
+            # A re-test of a speculative step pays a catch-up over every token since the last
+            # one (the drafter's prefill, for sequences that never drafted): where the decision
+            # wins by a wide margin, re-test it much less often.
+            growth = 2 if WIDE_MARGIN[0] < ratio < WIDE_MARGIN[1] else 8
+            self._interval = min(growth * interval, self.max_explore_every) if confirmed else self.explore_every
             self._before_retest = None
         self._since_explore += 1
         if self._since_explore >= (self._interval or self.explore_every):

@@ -108,7 +108,11 @@ class Job:
         self.new_tokens: tuple[int, ...] = ()  # since the last Propose (the draft's catch-up)
         self.draft_synced = False  # the draft service holds this sequence's history
         self.feature_layers: tuple[int, ...] = ()  # target features its drafter needs (EAGLE)
-        self.unsent_features: Features | None = None  # target features the draft has not had
+        # Target features the draft has not had, in arrival order: joined only when a Propose
+        # takes them (while the load controller keeps speculation off they pile up, and joining
+        # them every step copied the whole pile -- prompt rows included -- per job per step).
+        self._unsent: list[Features] = []
+        self._unsent_rows = 0
         self.shadows: list[ShadowTrack] = []  # shadow drafters following it (gateway.shadow)
         self.shadows_scored = asyncio.Event()  # set once the step loop is done with it
         self.created = time.monotonic()
@@ -156,12 +160,21 @@ class Job:
         """Keep target features for the draft service until the next Propose carries them."""
         if features is None or not features.rows:
             return
-        held = [self.unsent_features] if self.unsent_features is not None else []
-        self.unsent_features = Features.concat(held + [features]).tail(MAX_FEATURE_ROWS)
+        self._unsent.append(features)
+        self._unsent_rows += features.rows
+        while self._unsent_rows - self._unsent[0].rows >= MAX_FEATURE_ROWS:  # out of the window
+            self._unsent_rows -= self._unsent.pop(0).rows
 
     def take_features(self) -> Features | None:
-        features, self.unsent_features = self.unsent_features, None
+        """The held features (the last MAX_FEATURE_ROWS rows), now handed over; None if none."""
+        if not self._unsent:
+            return None
+        features = Features.concat(self._unsent).tail(MAX_FEATURE_ROWS)
+        self.drop_features()
         return features
+
+    def drop_features(self) -> None:
+        self._unsent, self._unsent_rows = [], 0
 
     def _text(self, tokens: list[int], final: bool) -> tuple[str, bool]:
         """The text the new tokens add that is safe to send, and whether a stop string hit."""

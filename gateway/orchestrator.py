@@ -302,7 +302,7 @@ class Orchestrator:
         for job, res in zip(jobs, firsts):
             job.draft_synced = False
             job.new_tokens = ()
-            job.unsent_features = None
+            job.drop_features()
             job.add_features(res.features)
             if job.add_tokens((res.first_token,), 0, (res.first_logprob,) if res.first_logprob else ()):
                 self.running.append(job)

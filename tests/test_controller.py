@@ -31,11 +31,15 @@ def test_skips_speculation_that_would_lose_and_keeps_what_wins():
 def test_unknown_drafter_is_explored_and_decisions_are_retested():
     c = _cpu_like(0.3)
     assert c.should_speculate(1, 8, [DEFAULT, SeqRecord("small")])  # no acceptance estimate for "small" yet
-    c = _cpu_like(0.3)
+    c = _cpu_like(0.8)  # loses narrowly: 1.8 tokens in 63 ms against 1 in 31 ms
     c.explore_every = 4
     choices = [c.should_speculate(1, 8, [DEFAULT]) for _ in range(4 + 8 + 16)]
     # A re-test after 4 decisions; each one that confirms the decision doubles the interval.
     assert [i for i, x in enumerate(choices) if x] == [3, 11, 27]
+    wide = _cpu_like(0.3)  # loses by a wide margin (0.64x): the interval grows 8x
+    wide.explore_every = 4
+    choices = [wide.should_speculate(1, 8, [DEFAULT]) for _ in range(40)]
+    assert [i for i, x in enumerate(choices) if x] == [3, 35]
     c.observe_accepted("", 3.0)  # acceptance jumps: speculation now wins
     for _ in range(10):
         c.observe_accepted("", 3.0)
