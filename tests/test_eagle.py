@@ -239,3 +239,30 @@ def test_eagle_through_the_gateway_and_grpc_services(tiny_dirs, head_dir):
             time.sleep(0.02)
         assert stack["loop"].run(gw.state.target.replicas[0].port.info()).free_blocks == free
         assert stack["loop"].run(gw.state.draft.info()).num_sequences == 0
+
+
+def test_held_features_keep_the_last_rows_in_order(monkeypatch):
+    """While speculation is off a job holds the target's features until a Propose takes them:
+    the rows come out in order, at most MAX_FEATURE_ROWS of them (the most recent), once."""
+    import gateway.job as job_module
+    from gateway.job import Job
+
+    monkeypatch.setattr(job_module, "MAX_FEATURE_ROWS", 5)
+    job = Job(1, request((1, 2, 3), 4), None, frozenset())
+    assert job.take_features() is None
+    rows = [torch.full((n, 2), float(i)) for i, n in enumerate((3, 1, 2, 1))]  # 7 rows in 4 parts
+    for part in rows:
+        job.add_features(Features.from_tensor(part))
+    job.add_features(None)
+    taken = job.take_features()
+    assert taken.rows == 5
+    assert torch.equal(taken.to_tensor().float(), torch.cat(rows)[-5:])
+    assert job.take_features() is None  # handed over once
+    many = [torch.full((2, 2), float(i)) for i in range(10)]  # old parts fall out of the window
+    for part in many:
+        job.add_features(Features.from_tensor(part))
+    assert job._unsent_rows <= 5 + 2
+    assert torch.equal(job.take_features().to_tensor().float(), torch.cat(many)[-5:])
+    job.add_features(Features.from_tensor(rows[0]))
+    job.drop_features()
+    assert job.take_features() is None
